@@ -1,0 +1,106 @@
+"""Volumes on disk with their exact geometry (NRRD, NIfTI, MHA through SimpleITK).
+
+A :class:`Volume` is an array plus the grid it lives on, in ITK conventions:
+the array is indexed ``[k, j, i]`` (slowest axis first) and spacing, origin and
+direction are in LPS, as written on disk. Nothing here resamples: a volume
+written back lands on exactly the grid it was read from.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+__all__ = ["Volume", "read_volume", "write_volume", "EXTENSIONS"]
+
+EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D array with its grid: spacing (mm), origin (mm, LPS) and row-major 3x3 direction."""
+
+    array: np.ndarray
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> "Volume":
+        return cls(
+            sitk.GetArrayFromImage(image),
+            tuple(image.GetSpacing()),
+            tuple(image.GetOrigin()),
+            tuple(image.GetDirection()),
+        )
+
+    def to_image(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """The same grid carrying another array of the same shape."""
+        array = np.asarray(array)
+        if array.shape != self.array.shape:
+            raise InputError(f"array shape {array.shape} does not match the grid {self.array.shape}")
+        return replace(self, array=array)
+
+    def same_grid(self, other: "Volume", tolerance: float = 1e-4) -> bool:
+        """True when both volumes have the same shape, spacing, origin and direction."""
+        return (
+            self.array.shape == other.array.shape
+            and np.allclose(self.spacing, other.spacing, rtol=0, atol=tolerance)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=tolerance)
+            and np.allclose(self.direction, other.direction, rtol=0, atol=tolerance)
+        )
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """The 4x4 matrix from (i, j, k) voxel indices to RAS millimetres (Slicer's convention)."""
+        lps = np.eye(4)
+        lps[:3, :3] = np.asarray(self.direction).reshape(3, 3) * np.asarray(self.spacing)
+        lps[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _check_extension(path: Path) -> None:
+    if not str(path).lower().endswith(EXTENSIONS):
+        raise InputError(f"{path}: unsupported file type; use one of {', '.join(EXTENSIONS)}")
+
+
+def read_volume(path: PathLike) -> Volume:
+    """Read a 3-D scalar volume, or raise :class:`InputError` saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    _check_extension(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), "unknown reason")
+        raise InputError(f"{path}: cannot be read as an image ({first.strip()[:160]})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar 3-D map")
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: is {image.GetDimension()}-D; expected a 3-D volume")
+    return Volume.from_image(image)
+
+
+def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Path:
+    """Write ``volume`` (compressed where the format allows); refuse to replace a file unless ``overwrite``."""
+    path = Path(path)
+    _check_extension(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(volume.to_image(), str(path), useCompression=True)
+    return path
