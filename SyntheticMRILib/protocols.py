@@ -146,7 +146,7 @@ def _dir_nulls(a: str, b: str, tr: float) -> Tuple[float, float]:
     return round(ti1), round(ti2)
 
 
-_MAGIC = "MAGiC/SyMRI 3 T defaults (Tanenbaum 2017; Hagiwara 2017)"
+_MAGIC = "typical 3 T clinical values, cf. synthetic-MRI defaults (Tanenbaum 2017; Hagiwara 2017)"
 _DIR_TI = _dir_nulls("csf", "cerebral_wm", 7500)
 
 PRESETS: Dict[str, Preset] = {
@@ -159,13 +159,13 @@ PRESETS: Dict[str, Preset] = {
             "T2-FLAIR",
             Protocol("ir", 9000, 90, _null("csf", 9000)),
             "T2w with CSF nulled: periventricular lesions",
-            "TI = CSF null at TR 9000; TR/TE as MAGiC (Tanenbaum 2017)",
+            "TI = CSF null at TR 9000; TR/TE typical of 3 T FLAIR (Tanenbaum 2017)",
         ),
         Preset(
             "T1-FLAIR",
             Protocol("ir", 2500, 10, _null("csf", 2500)),
             "T1w with CSF nulled, strong GM/WM contrast",
-            "TI = CSF null at TR 2500 (Lu 2005-style 3 T T1-FLAIR)",
+            "TI = CSF null at TR 2500, as 3 T T1-FLAIR (Lu 2005)",
         ),
         Preset(
             "STIR",
@@ -177,7 +177,7 @@ PRESETS: Dict[str, Preset] = {
             "PSIR",
             Protocol("psir", 5000, 10, 400),
             "signed IR: heavy T1 contrast, cortical lesions",
-            "TI 400 ms as in 3 T cortical-lesion PSIR (Sethi 2012); " + _MAGIC,
+            "TI 400 ms as in 3 T cortical-lesion PSIR (Sethi 2012)",
         ),
         Preset(
             "DIR",

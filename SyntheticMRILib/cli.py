@@ -1,0 +1,134 @@
+"""The ``syntheticmri`` command line.
+
+Every failure a user can cause (missing files, bad maps, impossible sequence
+parameters, an existing output) is one line on stderr and exit status 2, with
+nothing written; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import __version__
+from .devices import DEVICES, pick_device
+from .errors import InputError
+from .maps import UNITS, Maps, load_maps
+from .protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
+from .synthesis import synthesize_volume
+from .volumes import EXTENSIONS, write_volume
+
+SEQUENCE_CHOICES = sorted(SEQUENCES) + sorted(NULLED_IR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syntheticmri", description="Synthetic MRI from quantitative T1/T2/PD maps.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="synthesize one weighted image from T1/T2/PD maps")
+    synth.add_argument("--t1", required=True, type=Path, help="T1 map (ms, or s with --units s)")
+    synth.add_argument("--t2", required=True, type=Path, help="T2 map (ms, or s with --units s)")
+    synth.add_argument("--pd", required=True, type=Path, help="PD map (fraction of water; percent is detected)")
+    contrast = synth.add_mutually_exclusive_group(required=True)
+    contrast.add_argument("--preset", help=f"a named contrast: {', '.join(PRESETS)}")
+    contrast.add_argument("--sequence", choices=SEQUENCE_CHOICES, help="a sequence with explicit parameters")
+    synth.add_argument("--tr", type=float, help="repetition time, ms")
+    synth.add_argument("--te", type=float, help="echo time, ms")
+    synth.add_argument("--ti", type=float, help="inversion time, ms (flair/stir: default = CSF/fat null at this TR)")
+    synth.add_argument("--ti2", type=float, help="second, shorter inversion time, ms (dir, dsir)")
+    synth.add_argument("--flip", type=float, help="flip angle, degrees (gre)")
+    synth.add_argument("--units", choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+    synth.add_argument("-o", "--output", required=True, type=Path, help=f"output volume ({', '.join(EXTENSIONS)})")
+    synth.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    synth.add_argument("--device", choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
+    synth.add_argument("--fused", action="store_true", help="compile a fused kernel (seconds once; pays off on large batches)")
+
+    commands.add_parser("presets", help="list the named clinical contrasts")
+
+    demo = commands.add_parser("demo", help="every preset on the bundled sample: volumes, a montage PNG, a Slicer scene")
+    demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    demo.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    demo.add_argument("--device", choices=DEVICES, default="auto")
+    return parser
+
+
+def _protocol(args: argparse.Namespace) -> Protocol:
+    if args.preset:
+        given = [f"--{n}" for n in ("tr", "te", "ti", "ti2", "flip") if getattr(args, n) is not None]
+        if given:
+            raise InputError(f"--preset fixes the parameters; drop {' '.join(given)} or use --sequence")
+        return preset(args.preset).protocol
+    if args.tr is None or args.te is None:
+        raise InputError(f"--sequence {args.sequence} needs --tr and --te")
+    return protocol_from_args(args.sequence, args.tr, args.te, args.ti, args.ti2, args.flip)
+
+
+def _synthesize(maps: Maps, protocol: Protocol, device: torch.device, fused: bool = False):
+    t1, t2, pd = maps.tensors(device)
+    try:
+        return synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
+    except torch.OutOfMemoryError:
+        raise InputError(f"out of memory on {device} for a {maps.t1.shape} volume; try --device cpu") from None
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    protocol = _protocol(args)
+    if not str(args.output).lower().endswith(EXTENSIONS):
+        raise InputError(f"{args.output}: unsupported file type; use one of {', '.join(EXTENSIONS)}")
+    _refuse_existing(args.output, args.overwrite)  # before any work, so nothing is lost
+    device = pick_device(args.device)
+    maps = load_maps(args.t1, args.t2, args.pd, args.units)
+    for note in maps.notes:
+        print(f"note: {note}")
+    start = time.perf_counter()
+    image = _synthesize(maps, protocol, device, args.fused)
+    seconds = time.perf_counter() - start
+    write_volume(maps.volume(image), args.output, overwrite=args.overwrite)
+    print(f"{protocol.sequence} {protocol.caption()} -> {args.output} ({seconds * 1000:.0f} ms on {device})")
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    rows = [("name", "sequence", "parameters", "shows", "source")]
+    rows += [(p.name, p.protocol.sequence, p.protocol.caption(), p.shows, p.source) for p in PRESETS.values()]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    out: Path = args.output
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"{out}: folder is not empty; pass --overwrite or choose another folder")
+    run_demo(out, pick_device(args.device))
+
+
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except InputError as error:
+        if args.debug:
+            raise
+        print(f"syntheticmri: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

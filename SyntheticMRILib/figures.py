@@ -1,0 +1,91 @@
+"""Pictures of results: the contrast montage (axial, coronal, sagittal per contrast).
+
+Views follow radiological convention whatever the input's orientation: each
+volume is first reoriented to LPS axes (a permutation and flips, no resampling),
+then axial slices show the patient's right on the image's left and anterior up,
+coronal and sagittal show superior up, and the pixel aspect follows the spacing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .volumes import Volume
+
+__all__ = ["Panel", "orthogonal_views", "save_montage"]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One contrast of the montage: its title, a caption (e.g. TR/TE/TI) and the volume."""
+
+    title: str
+    caption: str
+    volume: Volume
+    signed: bool = False  # symmetric grey scale around 0 (PSIR, dSIR)
+
+
+def orthogonal_views(volume: Volume, center_lps: Optional[Sequence[float]] = None) -> List[Tuple[np.ndarray, float]]:
+    """Axial, coronal and sagittal slices through ``center_lps`` (mm; default the volume centre).
+
+    Returns ``(image, aspect)`` pairs ready for ``imshow(image, aspect=aspect)``.
+    """
+    image = sitk.DICOMOrient(volume.to_image(), "LPS")  # array axes become [S, P, L]
+    array = sitk.GetArrayViewFromImage(image)
+    sx, sy, sz = image.GetSpacing()
+    if center_lps is None:
+        k, j, i = (n // 2 for n in array.shape)
+    else:
+        index = image.TransformPhysicalPointToContinuousIndex([float(c) for c in center_lps])
+        i, j, k = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(index, array.shape[::-1]))
+    return [
+        (np.array(array[k]), sy / sx),  # rows anterior→posterior, columns right→left
+        (np.array(array[::-1, j, :]), sz / sx),  # superior up
+        (np.array(array[::-1, :, i]), sz / sy),  # superior up, anterior on the left
+    ]
+
+
+def _window(values: np.ndarray, signed: bool) -> Tuple[float, float]:
+    inside = values[values != 0]
+    if inside.size == 0:
+        return -1.0, 1.0
+    if signed:
+        top = float(np.percentile(np.abs(inside), 99.5)) or 1.0
+        return -top, top
+    low, high = np.percentile(inside, [0.5, 99.5])
+    return float(min(low, 0.0)), float(high if high > low else low + 1)
+
+
+def save_montage(
+    panels: Sequence[Panel], path: Path, columns: int = 4, center_lps: Optional[Sequence[float]] = None, title: str = ""
+) -> Path:
+    """Write a PNG: one tile per panel, each tile the three orthogonal views with title and caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(panels) // columns)
+    fig = plt.figure(figsize=(columns * 6.0, rows * 2.6 + (0.5 if title else 0)), facecolor="black")
+    outer = fig.add_gridspec(rows, columns, wspace=0.04, hspace=0.22)
+    for n, panel in enumerate(panels):
+        views = orthogonal_views(panel.volume, center_lps)
+        low, high = _window(np.concatenate([v.ravel() for v, _ in views]), panel.signed)
+        inner = outer[n // columns, n % columns].subgridspec(1, 3, wspace=0.02)
+        for m, (view, aspect) in enumerate(views):
+            ax = fig.add_subplot(inner[0, m])
+            ax.imshow(view, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+            ax.set_axis_off()
+            if m == 1:
+                ax.set_title(f"{panel.title}\n{panel.caption}", color="white", fontsize=10)
+    if title:
+        fig.suptitle(title, color="white", fontsize=13)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, facecolor="black", bbox_inches="tight")
+    plt.close(fig)
+    return path
