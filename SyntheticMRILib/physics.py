@@ -10,8 +10,8 @@ Conventions
 * Every function is pure torch, differentiable with respect to the maps and to
   every sequence parameter, and broadcasts: maps of shape ``(D, H, W)`` with a
   parameter of shape ``(K, 1, 1, 1)`` give ``K`` contrasts at once.
-* A relaxation time ``T <= 0`` means "no tissue": its decay factor
-  ``exp(-t / T)`` is taken as 0, the limit ``T -> 0+``. Background voxels
+* A relaxation time ``T <= 0`` (or below 1 ns) means "no tissue": its decay
+  factor ``exp(-t / T)`` is taken as 0, the limit ``T -> 0+``. Background voxels
   (T1 = T2 = PD = 0) therefore give exactly 0, with finite gradients.
 * Magnetization is steady state with ideal spoiling of the transverse
   magnetization before each excitation. The spin echo models its refocusing
@@ -49,13 +49,18 @@ __all__ = [
 ]
 
 
+# Relaxation times below this (ms) count as "no tissue": at or below 0 by definition,
+# and tiny positive ones too, whose gradient t/T^2 would overflow to NaN.
+NO_TISSUE_BELOW = 1e-6
+
+
 def decay(t: Param, relaxation: torch.Tensor) -> torch.Tensor:
-    """``exp(-t / T)`` where ``T > 0``, and 0 where ``T <= 0`` (its T -> 0+ limit).
+    """``exp(-t / T)`` for tissue, and 0 where ``T`` < 1 ns (its T -> 0+ limit).
 
     The division only ever sees the safe value 1 in no-tissue voxels, so neither
     the value nor the gradient can become NaN there.
     """
-    tissue = relaxation > 0
+    tissue = relaxation > NO_TISSUE_BELOW
     safe = torch.where(tissue, relaxation, torch.ones_like(relaxation))
     return torch.where(tissue, torch.exp(-t / safe), torch.zeros_like(safe))
 
@@ -152,6 +157,7 @@ def double_ir_null_tis(t1_a: float, t1_b: float, tr: float, iterations: int = 50
     null points (the longer-T1 tissue sets TI1). Returns floats in ms, TI1 > TI2.
     Raises ``ValueError`` if no solution with 0 < TI2 < TI1 < TR is found.
     """
+    no_pair = ValueError(f"no double-IR pair nulls T1 = {t1_a:g} and {t1_b:g} ms at TR = {tr:g} ms")
     t1 = torch.tensor([t1_a, t1_b], dtype=torch.float64)
     start = null_ti(t1, tr)
     x = torch.stack([start.max(), start.min() * 0.5])
@@ -161,11 +167,13 @@ def double_ir_null_tis(t1_a: float, t1_b: float, tr: float, iterations: int = 50
 
     for _ in range(iterations):
         r = residual(x)
-        jac = torch.autograd.functional.jacobian(residual, x)
-        x = x - torch.linalg.solve(jac, r)
         if r.abs().max() < 1e-12:
             break
+        try:  # equal T1s make the Jacobian singular: one tissue cannot be "two"
+            x = x - torch.linalg.solve(torch.autograd.functional.jacobian(residual, x), r)
+        except torch.linalg.LinAlgError:
+            raise no_pair from None
     ti1, ti2 = float(x[0]), float(x[1])
     if not (0 < ti2 < ti1 < tr) or residual(x).abs().max() > 1e-6:
-        raise ValueError(f"no double-IR pair nulls T1 = {t1_a:g} and {t1_b:g} ms at TR = {tr:g} ms")
+        raise no_pair
     return ti1, ti2
