@@ -14,16 +14,18 @@ from .maps import Maps, load_maps
 from .protocols import PRESETS
 from .resources import sample_paths
 from .synthesis import synthesize_volume
+from .tissues import FREESURFER_TISSUE
 from .volumes import Volume, read_volume, write_volume
 
 __all__ = ["run_demo"]
 
-_THALAMI = (10, 49)  # FreeSurfer left/right thalamus: the views cut through the deep grey matter
+_LEFT_THALAMUS = 10  # FreeSurfer numbering
 
 
 def _center_lps(labels: Volume) -> np.ndarray:
-    """Physical centre (LPS, mm) of the thalami, where the subcortical structures are."""
-    k, j, i = np.nonzero(np.isin(labels.array, _THALAMI))
+    """Physical centre (LPS, mm) of the left thalamus: the views cut through the deep grey
+    matter, and the sagittal one through the basal ganglia rather than the midline CSF."""
+    k, j, i = np.nonzero(labels.array == _LEFT_THALAMUS)
     index = np.array([i.mean(), j.mean(), k.mean()])
     direction = np.asarray(labels.direction).reshape(3, 3)
     return np.asarray(labels.origin) + direction @ (index * np.asarray(labels.spacing))
@@ -47,8 +49,13 @@ def run_demo(out: Path, device: torch.device) -> Dict[str, Path]:
         signed = preset.protocol.sequence in ("psir", "dsir")
         panels.append(Panel(preset.name, f"{preset.protocol.sequence.upper()} {preset.protocol.caption()}", image, signed))
     seconds = time.perf_counter() - start
+    brain = labels.with_array(np.isin(labels.array, list(FREESURFER_TISSUE)).astype(np.uint8))
     written["montage"] = save_montage(
-        panels, out / "montage.png", center_lps=_center_lps(labels), title="SyntheticMRI: every preset on the bundled sample (3 T)"
+        panels,
+        out / "montage.png",
+        center_lps=_center_lps(labels),
+        title="SyntheticMRI: every preset on the bundled sample (3 T)",
+        window_mask=brain,
     )
     print(f"{len(PRESETS)} contrasts of a {'x'.join(map(str, maps.t1.shape))} volume in {seconds:.1f} s on {device}")
     for name, path in written.items():

@@ -50,6 +50,7 @@ def orthogonal_views(volume: Volume, center_lps: Optional[Sequence[float]] = Non
 
 
 def _window(values: np.ndarray, signed: bool) -> Tuple[float, float]:
+    """Grey-scale limits from robust percentiles of ``values`` (0.5-99.5 %, symmetric if signed)."""
     inside = values[values != 0]
     if inside.size == 0:
         return -1.0, 1.0
@@ -61,24 +62,38 @@ def _window(values: np.ndarray, signed: bool) -> Tuple[float, float]:
 
 
 def save_montage(
-    panels: Sequence[Panel], path: Path, columns: int = 4, center_lps: Optional[Sequence[float]] = None, title: str = ""
+    panels: Sequence[Panel],
+    path: Path,
+    columns: int = 4,
+    center_lps: Optional[Sequence[float]] = None,
+    title: str = "",
+    window_mask: Optional[Volume] = None,
 ) -> Path:
-    """Write a PNG: one tile per panel, each tile the three orthogonal views with title and caption."""
+    """Write a PNG: one tile per panel, each tile the three orthogonal views with title and caption.
+
+    Grey levels are windowed on the voxels where ``window_mask`` is non-zero (e.g.
+    the brain, so that bright scalp fat does not flatten the brain's contrast), as
+    a radiologist would window; voxels outside the object (exactly 0) are black.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="black")
+    masks = None if window_mask is None else [m != 0 for m, _ in orthogonal_views(window_mask, center_lps)]
     rows = -(-len(panels) // columns)
     fig = plt.figure(figsize=(columns * 6.0, rows * 2.6 + (0.5 if title else 0)), facecolor="black")
     outer = fig.add_gridspec(rows, columns, wspace=0.04, hspace=0.22)
     for n, panel in enumerate(panels):
         views = orthogonal_views(panel.volume, center_lps)
-        low, high = _window(np.concatenate([v.ravel() for v, _ in views]), panel.signed)
+        windowed = [v[m] if masks else v for (v, _), m in zip(views, masks or [None] * 3)]
+        low, high = _window(np.concatenate([w.ravel() for w in windowed]), panel.signed)
         inner = outer[n // columns, n % columns].subgridspec(1, 3, wspace=0.02)
         for m, (view, aspect) in enumerate(views):
             ax = fig.add_subplot(inner[0, m])
-            ax.imshow(view, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+            shown = np.ma.masked_equal(view, 0) if panel.signed else view
+            ax.imshow(shown, cmap=cmap, vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
             ax.set_axis_off()
             if m == 1:
                 ax.set_title(f"{panel.title}\n{panel.caption}", color="white", fontsize=10)

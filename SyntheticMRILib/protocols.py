@@ -175,9 +175,9 @@ PRESETS: Dict[str, Preset] = {
         ),
         Preset(
             "PSIR",
-            Protocol("psir", 5000, 10, 400),
-            "signed IR: heavy T1 contrast, cortical lesions",
-            "TI 400 ms as in 3 T cortical-lesion PSIR (Sethi 2012)",
+            Protocol("psir", 5000, 10, round((_null("cerebral_wm", 5000) + _null("cortex", 5000)) / 2)),
+            "signed IR, WM > 0 > GM > CSF: grey/white contrast, cortical lesions",
+            "TI midway between the WM and GM nulls at TR 5000 (cf. Sethi 2012)",
         ),
         Preset(
             "DIR",

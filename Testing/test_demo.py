@@ -1,0 +1,59 @@
+"""The README's main job on the bundled sample: files, grid, and contrasts a radiologist would recognise."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SyntheticMRILib.cli import main
+from SyntheticMRILib.protocols import PRESETS
+from SyntheticMRILib.resources import sample_paths
+from SyntheticMRILib.volumes import read_volume
+
+WM, CORTEX, VENTRICLES, THALAMUS, PALLIDUM = (2, 41), (3, 42), (4, 43), (10, 49), (13, 52)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return read_volume(sample_paths()["labels"])
+
+
+def _median(demo, name, labels, structure):
+    """Median over a structure: robust to the partial-volume voxels at its edge."""
+    return float(np.median(read_volume(demo / f"{name}.nrrd").array[np.isin(labels.array, structure)]))
+
+
+def test_every_preset_on_the_sample_grid(demo, labels):
+    for name in PRESETS:
+        image = read_volume(demo / f"{name}.nrrd")
+        assert image.same_grid(labels, tolerance=1e-9), name
+        assert np.isfinite(image.array).all() and np.all(image.array[labels.array == 0] == 0), name
+    montage = (demo / "montage.png").read_bytes()
+    assert montage.startswith(b"\x89PNG") and len(montage) > 100_000
+
+
+def test_contrasts_order_tissues_as_expected(demo, labels):
+    mean = lambda name, structure: _median(demo, name, labels, structure)
+    assert mean("T1w", WM) > mean("T1w", CORTEX) > mean("T1w", VENTRICLES)
+    assert mean("T2w", VENTRICLES) > mean("T2w", CORTEX) > mean("T2w", WM)
+    assert mean("T2-FLAIR", VENTRICLES) < 0.15 * mean("T2-FLAIR", WM)  # CSF nulled
+    assert mean("T2-FLAIR", CORTEX) > mean("T2-FLAIR", WM)
+    assert mean("DIR", WM) < 0.2 * mean("DIR", CORTEX) and mean("DIR", VENTRICLES) < 0.2 * mean("DIR", CORTEX)
+    assert mean("WM-nulled", WM) < 0.2 * mean("WM-nulled", THALAMUS)
+    assert mean("GM-nulled", CORTEX) < 0.2 * mean("GM-nulled", WM)
+    assert mean("dSIR", WM) < -0.8 and mean("dSIR", CORTEX) > 0.8
+    assert mean("PSIR", VENTRICLES) < mean("PSIR", CORTEX) < 0 < mean("PSIR", WM)
+    assert mean("T2w", PALLIDUM) < mean("T2w", (11, 50))  # iron: pallidum darker than caudate on T2w
+
+
+def test_demo_refuses_a_folder_that_is_not_empty(demo, capsys):
+    before = sorted(p.name for p in demo.iterdir())
+    assert main(["demo", "-o", str(demo)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in demo.iterdir()) == before
