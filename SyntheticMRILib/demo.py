@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -31,14 +31,26 @@ def _center_lps(labels: Volume) -> np.ndarray:
     return np.asarray(labels.origin) + direction @ (index * np.asarray(labels.spacing))
 
 
-def run_demo(out: Path, device: torch.device) -> Dict[str, Path]:
-    """Synthesize every preset from the sample into ``out``; returns the files written."""
+def _write_scene(path: Path, maps: Maps, contrasts: Dict[str, Volume], labels: Volume) -> Optional[Path]:
+    """The maps, the contrasts and the labels (as a segmentation) in one Slicer scene, when MRML is available."""
+    try:
+        from .slicer_bridge import write_scene_mrb
+    except ImportError:
+        print("note: no scene.mrb: MRML is missing; pip install -e '.[scene]' adds slicer-core")
+        return None
+    maps_volumes = {"T1 map (ms)": maps.volume(maps.t1), "T2 map (ms)": maps.volume(maps.t2), "PD map": maps.volume(maps.pd)}
+    return write_scene_mrb(path, {**maps_volumes, **contrasts}, labels, overwrite=True)
+
+
+def run_demo(out: Path, device: torch.device) -> Dict[str, Optional[Path]]:
+    """Synthesize every preset from the sample into ``out``: volumes, ``montage.png`` and
+    ``scene.mrb`` (when slicer-core or Slicer is there); returns the files written."""
     paths = sample_paths()
     maps: Maps = load_maps(paths["t1"], paths["t2"], paths["pd"])
     labels = read_volume(paths["labels"])
     t1, t2, pd = maps.tensors(device)
     out.mkdir(parents=True, exist_ok=True)
-    written: Dict[str, Path] = {}
+    written: Dict[str, Optional[Path]] = {}
     contrasts: Dict[str, Volume] = {}
     panels = []
     start = time.perf_counter()
@@ -57,7 +69,9 @@ def run_demo(out: Path, device: torch.device) -> Dict[str, Path]:
         title="SyntheticMRI: every preset on the bundled sample (3 T)",
         window_mask=brain,
     )
+    written["scene"] = _write_scene(out / "scene.mrb", maps, contrasts, labels)
     print(f"{len(PRESETS)} contrasts of a {'x'.join(map(str, maps.t1.shape))} volume in {seconds:.1f} s on {device}")
     for name, path in written.items():
-        print(f"  {name:10s} {path}")
+        if path is not None:
+            print(f"  {name:10s} {path}")
     return written

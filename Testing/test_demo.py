@@ -57,3 +57,23 @@ def test_demo_refuses_a_folder_that_is_not_empty(demo, capsys):
     assert main(["demo", "-o", str(demo)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in demo.iterdir()) == before
+
+
+def test_scene_holds_maps_contrasts_and_named_segments(demo):
+    """Unzipped, scene.mrb has a volume node per map and contrast and a segmentation with structure names."""
+    import re
+    import zipfile
+
+    pytest.importorskip("slicer")
+    with zipfile.ZipFile(demo / "scene.mrb") as archive:
+        names = archive.namelist()
+        mrml = archive.read(next(n for n in names if n.endswith(".mrml"))).decode()
+        segmentation = archive.read(next(n for n in names if n.endswith(".seg.nrrd")))
+    volume_names = set(re.findall(r'<Volume\b[^>]*\bname="([^"]+)"', mrml))
+    assert {"T1 map (ms)", "T2 map (ms)", "PD map", *PRESETS} <= volume_names
+    assert re.search(r'<Segmentation\b[^>]*\bname="Labels"', mrml)
+    header = segmentation[: segmentation.index(b"\n\n")].decode(errors="replace")
+    segment_names = set(re.findall(r"Segment\d+_Name:=(.+)", header))
+    for side in ("Left", "Right"):
+        for structure in ("Thalamus", "Caudate", "Putamen", "Pallidum", "Hippocampus", "Amygdala", "Accumbens-area"):
+            assert f"{side}-{structure}" in segment_names

@@ -1,0 +1,292 @@
+"""The MRML bridge against real MRML (the slicer-core wheel): exact geometry, casts, segmentations, .mrb files."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+if not hasattr(slicer, "vtkMRMLScene"):  # the unrelated PyPI package "slicer" also imports as slicer
+    pytest.skip("slicer-core (real MRML) is not installed", allow_module_level=True)
+
+import vtk  # noqa: E402  (slicer-core pins its vtk)
+
+from SyntheticMRILib import slicer_bridge as bridge  # noqa: E402
+from SyntheticMRILib.errors import InputError  # noqa: E402
+from SyntheticMRILib.resources import resource_path  # noqa: E402
+from SyntheticMRILib.volumes import Volume, read_volume  # noqa: E402
+
+SUBCORTICAL = (10, 11, 12, 13, 17, 18, 26, 49, 50, 51, 52, 53, 54, 58)
+
+
+def rotation(x_deg: float, z_deg: float) -> np.ndarray:
+    a, b = math.radians(x_deg), math.radians(z_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    rz = np.array([[math.cos(b), -math.sin(b), 0], [math.sin(b), math.cos(b), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+GRIDS = {
+    # rotated ~20 degrees about two axes
+    "oblique": dict(spacing=(0.9, 1.1, 2.5), origin=(12.5, -30.25, 7.0), direction=tuple(rotation(20, 22).ravel())),
+    # one axis flipped (det = -1), also oblique
+    "left-handed": dict(spacing=(1.25, 0.75, 3.0), origin=(-101.5, 88.125, -40.0),
+                        direction=tuple((rotation(-15, 30) @ np.diag([1.0, -1.0, 1.0])).ravel())),
+}
+
+
+def grid_volume(kind: str, array: np.ndarray) -> Volume:
+    return Volume(array, **GRIDS[kind])
+
+
+def random_map(shape=(7, 9, 11), seed=0) -> np.ndarray:
+    array = np.random.default_rng(seed).uniform(300, 4000, shape).astype(np.float32)
+    array[0] = 0  # background slab
+    return array
+
+
+def label_phantom(shape=(8, 10, 12)) -> np.ndarray:
+    """Blocks of the 14 subcortical labels plus a few others, on a background of head tissue."""
+    labels = np.full(shape, 258, np.int16)
+    labels[0] = 0
+    values = SUBCORTICAL + (2, 41, 4, 77, 165, 251)
+    flat = labels[1:].reshape(-1)
+    flat[: len(values) * 20] = np.repeat(values, 20)
+    labels[1:] = flat.reshape(labels[1:].shape)
+    return labels
+
+
+def assert_same_grid(a: Volume, b: Volume) -> None:
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(a.origin, b.origin, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(a.direction, b.direction, rtol=0, atol=1e-9)
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@pytest.fixture
+def scene():
+    return bridge.create_scene()
+
+
+@pytest.mark.parametrize("kind", sorted(GRIDS))
+def test_volume_round_trip_is_exact(scene, kind):
+    volume = grid_volume(kind, random_map())
+    node = bridge.node_from_volume(volume, f"map {kind}", scene=scene)
+    np.testing.assert_allclose(ijk_to_ras(node), volume.ijk_to_ras(), rtol=0, atol=1e-12)
+    back = bridge.volume_from_node(node)
+    np.testing.assert_array_equal(back.array, volume.array)
+    assert back.array.dtype == np.float32
+    assert_same_grid(back, volume)
+    assert (np.linalg.det(np.reshape(back.direction, (3, 3))) < 0) == (kind == "left-handed")
+
+
+def test_update_in_place_keeps_node_and_user_window(scene):
+    volume = grid_volume("oblique", random_map())
+    node = bridge.node_from_volume(volume, "preview", scene=scene)
+    display = node.GetDisplayNode()
+    assert not display.GetAutoWindowLevel() and display.GetWindow() > 0
+    display.SetWindowLevel(123.0, 45.0)
+    again = bridge.node_from_volume(volume.with_array(volume.array * 2), "preview", node=node)
+    assert again is node and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+    np.testing.assert_array_equal(bridge.volume_from_node(node).array, volume.array * 2)
+    assert (display.GetWindow(), display.GetLevel()) == (123.0, 45.0)
+    bridge.node_from_volume(volume.with_array(volume.array / 1000), "preview", node=node, window_level="auto")
+    assert display.GetWindow() < 5  # recomputed for the new intensity scale
+
+
+@pytest.mark.parametrize("dtype, expected", [(np.int64, np.int32), (np.bool_, np.uint8), (np.float64, np.float32),
+                                             (np.float16, np.float32), (np.uint16, np.uint16)])
+def test_unsupported_scalar_types_are_cast_with_values_kept(scene, dtype, expected):
+    values = label_phantom() if dtype is not np.bool_ else label_phantom() > 20
+    volume = grid_volume("left-handed", values.astype(dtype))
+    back = bridge.volume_from_node(bridge.node_from_volume(volume, "cast", scene=scene))
+    assert back.array.dtype == expected
+    np.testing.assert_array_equal(back.array, volume.array.astype(expected))
+
+
+def test_int64_out_of_range_is_refused(scene):
+    with pytest.raises(InputError, match="32-bit"):
+        bridge.node_from_volume(grid_volume("oblique", np.full((2, 2, 2), 2**40, np.int64)), "big", scene=scene)
+
+
+def test_maps_from_nodes(scene):
+    arrays = {"t1": random_map(seed=1), "t2": random_map(seed=2) / 20, "pd": random_map(seed=3) / 4000 * 90}
+    nodes = [bridge.node_from_volume(grid_volume("left-handed", a), k, scene=scene) for k, a in arrays.items()]
+    maps = bridge.maps_from_nodes(*nodes)
+    np.testing.assert_array_equal(maps.t1, arrays["t1"])
+    np.testing.assert_allclose(maps.pd, arrays["pd"] / 100, rtol=1e-6)  # PD given in percent
+    assert_same_grid(maps.grid, grid_volume("left-handed", arrays["t1"]))
+
+
+def test_label_table_codes_and_terminology_json_agree():
+    table = bridge.label_table()
+    for value in SUBCORTICAL + (2, 41, 3, 42, 4, 5, 43, 44, 14, 15, 24, 7, 8, 46, 47, 16, 28, 60, 30, 62, 31, 63,
+                                77, 80, 85, 251, 252, 253, 254, 255, 165, 258):
+        assert value in table, value
+    assert table[10].name == "Left-Thalamus" and table[10].color == (0, 118, 14)
+    assert "SCT^42695009^Thalamus~SCT^7771000^Left" in table[10].terminology
+    assert "SCT^5366008^Hippocampus~SCT^24028007^Right" in table[53].terminology
+    phantom = pytest.importorskip("SyntheticMRILib.phantom")
+    for value, name in phantom.HEAD_LABEL_NAMES.items():  # the sample's head labels
+        assert table[value].name == name
+    with open(resource_path("Terminology", "labels.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    context = json.loads(resource_path("Terminology", "SyntheticMRI.term.json").read_text())
+    assert context["SegmentationCategoryTypeContextName"] == bridge.TERMINOLOGY_CONTEXT
+    coded = {(c["CodeValue"], t["CodeValue"], m["CodeValue"] if m else "")
+             for c in context["SegmentationCodes"]["Category"] for t in c["Type"] for m in t.get("Modifier", [None])}
+    for row in rows:  # every row of the table can be picked in Slicer's terminology selector
+        assert (row["Category_CodeValue"], row["Type_CodeValue"], row["TypeModifier_CodeValue"]) in coded, row["Name"]
+
+
+def test_terminology_files_load_in_slicer(scene):
+    logic = bridge._terminology_logic(scene)
+    names = vtk.vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    assert bridge.TERMINOLOGY_CONTEXT in {names.GetValue(i) for i in range(names.GetNumberOfValues())}
+    assert logic.GetNumberOfCategoriesInTerminology(bridge.TERMINOLOGY_CONTEXT) == 3
+    # labels.csv is also a Slicer color table with terminology
+    storage = scene.AddNewNodeByClass("vtkMRMLColorTableStorageNode")
+    storage.SetFileName(str(resource_path("Terminology", "labels.csv")))
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "FreeSurfer")
+    assert storage.ReadData(colors)
+    assert colors.GetColorName(49) == "Right-Thalamus"
+    assert "~SCT^123037004^Anatomical Structure~SCT^42695009^Thalamus~SCT^24028007^Right~" in colors.GetTerminologyAsString(49)
+
+
+@pytest.mark.parametrize("kind", sorted(GRIDS))
+def test_labels_to_segmentation_and_back(scene, kind):
+    labels = grid_volume(kind, label_phantom())
+    reference = bridge.node_from_volume(labels.with_array(random_map(labels.array.shape)), "reference", scene=scene)
+    node = bridge.segmentation_from_labels(labels, reference, scene=scene)
+    segmentation = node.GetSegmentation()
+    present = sorted(int(v) for v in np.unique(labels.array) if v)
+    table = bridge.label_table()
+    assert list(segmentation.GetSegmentIDs()) == [table[v].name for v in present]
+    for value in present:
+        segment = segmentation.GetSegment(table[value].name)
+        assert segment.GetName() == table[value].name
+        np.testing.assert_allclose(segment.GetColor(), np.array(table[value].color) / 255, atol=1e-9)
+        assert bridge.segment_tag(segment, "TerminologyEntry") == table[value].terminology
+    putamen = bridge.segment_tag(segmentation.GetSegment("Right-Putamen"), "TerminologyEntry")
+    assert "~SCT^123037004^Anatomical Structure~SCT^89278009^Putamen~SCT^24028007^Right~" in putamen
+    back = bridge.labels_from_segmentation(node, reference)
+    np.testing.assert_array_equal(back.array, labels.array)
+    assert_same_grid(back, labels)
+
+
+def test_segmentation_joins_the_reference_folder(scene):
+    labels = grid_volume("oblique", label_phantom())
+    reference = bridge.node_from_volume(labels.with_array(random_map(labels.array.shape)), "reference", scene=scene)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "Study")
+    hierarchy.CreateItem(study, reference)  # the Slicer GUI would have made the item
+    node = bridge.segmentation_from_labels(labels, reference, scene=scene)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+
+
+def test_closed_surfaces_can_be_made(scene):
+    """create_scene registered the labelmap -> closed surface converter (3-D display in Slicer)."""
+    labels = grid_volume("left-handed", label_phantom((12, 14, 16)))
+    node = bridge.segmentation_from_labels(labels, scene=scene)
+    assert node.CreateClosedSurfaceRepresentation()
+    surface = node.GetSegmentation().GetSegment("Left-Thalamus").GetRepresentation("Closed surface")
+    assert surface is not None and surface.GetNumberOfPoints() > 0
+
+
+def test_renamed_and_user_segments_export(scene):
+    labels = grid_volume("oblique", label_phantom())
+    reference = bridge.node_from_volume(labels.with_array(random_map(labels.array.shape)), "reference", scene=scene)
+    node = bridge.segmentation_from_labels(labels, reference, scene=scene)
+    node.GetSegmentation().GetSegment("Left-Thalamus").SetName("my thalamus")  # the label tag still knows it
+    back = bridge.labels_from_segmentation(node, reference)
+    np.testing.assert_array_equal(back.array, labels.array)
+
+
+def test_unknown_labels_get_names_and_colors(scene):
+    labels = grid_volume("oblique", np.where(label_phantom() == 258, 999, label_phantom()).astype(np.int32))
+    node = bridge.segmentation_from_labels(labels, scene=scene)  # reference: the labels' own grid
+    segment = node.GetSegmentation().GetSegment("Label-999")
+    assert segment is not None and segment.GetLabelValue() == 999
+    reference = bridge.node_from_volume(labels, "grid", scene=scene)
+    np.testing.assert_array_equal(bridge.labels_from_segmentation(node, reference).array, labels.array)
+
+
+def test_mrb_round_trip(tmp_path):
+    volumes = {"T1 map": grid_volume("left-handed", random_map(seed=4)),
+               "FLAIR": grid_volume("left-handed", random_map(seed=5) / 7)}
+    labels = grid_volume("left-handed", label_phantom(random_map().shape))
+    path = bridge.write_scene_mrb(tmp_path / "scene.mrb", volumes, labels)
+    with pytest.raises(InputError, match="exists"):
+        bridge.write_scene_mrb(path, volumes, labels)
+    bridge.write_scene_mrb(path, volumes, labels, overwrite=True)
+
+    loaded = bridge.load_scene(path, bridge.create_scene())
+    assert set(loaded) == {"T1 map", "FLAIR", "Labels"}
+    for name, volume in volumes.items():
+        back = bridge.volume_from_node(loaded[name])
+        np.testing.assert_array_equal(back.array, volume.array)
+        assert back.array.dtype == volume.array.dtype and back.array.tobytes() == volume.array.tobytes()
+        assert_same_grid(back, volume)
+        display = loaded[name].GetDisplayNode()
+        assert not display.GetAutoWindowLevel() and display.GetWindow() > 0  # the written window/level
+    segmentation = loaded["Labels"].GetSegmentation()
+    hippocampus = segmentation.GetSegment("Left-Hippocampus")
+    assert bridge.segment_tag(hippocampus, "TerminologyEntry") == bridge.label_table()[17].terminology
+    back = bridge.labels_from_segmentation(loaded["Labels"], loaded["T1 map"])
+    np.testing.assert_array_equal(back.array, labels.array)
+
+
+def test_save_scene_of_an_existing_scene(tmp_path, scene):
+    volume = grid_volume("oblique", random_map())
+    bridge.node_from_volume(volume, "map", scene=scene)
+    path = bridge.save_scene(tmp_path / "nested" / "mine.mrb", scene)
+    loaded = bridge.load_scene(path, bridge.create_scene())
+    np.testing.assert_array_equal(bridge.volume_from_node(loaded["map"]).array, volume.array)
+    with pytest.raises(InputError, match=".mrb"):
+        bridge.save_scene(tmp_path / "mine.mrml", scene)
+
+
+def test_linear_parent_transform_is_folded_into_the_grid(scene):
+    volume = grid_volume("oblique", random_map())
+    node = bridge.node_from_volume(volume, "moved", scene=scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 10.0)  # 10 mm to the right (RAS) = -10 mm in L (LPS)
+    transform.SetMatrixTransformToParent(shift)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    moved = bridge.volume_from_node(node)
+    np.testing.assert_allclose(moved.origin, np.add(volume.origin, (-10.0, 0, 0)), atol=1e-9)
+    np.testing.assert_allclose(moved.direction, volume.direction, atol=1e-12)
+
+
+def test_no_scene_outside_slicer_is_a_clear_error():
+    if getattr(slicer, "mrmlScene", None) is not None:
+        pytest.skip("running inside Slicer")
+    with pytest.raises(InputError, match="create_scene"):
+        bridge.node_from_volume(grid_volume("oblique", random_map()), "x")
+
+
+def test_load_sample(scene):
+    try:
+        paths = [resource_path("SampleData", f"{name}.nrrd") for name in ("t1", "t2", "pd", "labels")]
+    except InputError:
+        pytest.skip("the bundled sample is not built yet")
+    nodes = bridge.load_sample(scene)
+    assert set(nodes) == {"t1", "t2", "pd", "segmentation"}
+    maps = bridge.maps_from_nodes(nodes["t1"], nodes["t2"], nodes["pd"])
+    assert maps.t1.shape == bridge.volume_from_node(nodes["t1"]).array.shape
+    segment_ids = set(nodes["segmentation"].GetSegmentation().GetSegmentIDs())
+    table = bridge.label_table()
+    assert {table[v].name for v in SUBCORTICAL} <= segment_ids
+    labels = read_volume(paths[3])
+    assert all(int(v) in table for v in np.unique(labels.array) if v)  # every sample label has terminology
+    np.testing.assert_array_equal(bridge.labels_from_segmentation(nodes["segmentation"], nodes["t1"]).array, labels.array)
