@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="list the named clinical contrasts")
 
+    batch = commands.add_parser("batch", help="presets for every subject folder of a study (t1/t2/pd maps inside)")
+    batch.add_argument("--input", required=True, type=Path, help="study folder: one sub-folder per subject")
+    batch.add_argument("--preset", action="append", required=True, help="a preset name; repeat for several")
+    batch.add_argument("--units", choices=UNITS, default="ms")
+    batch.add_argument("-o", "--output", required=True, type=Path, help="output folder: <subject>/<preset>.nrrd")
+    batch.add_argument("--overwrite", action="store_true")
+    batch.add_argument("--device", choices=DEVICES, default="auto")
+
     demo = commands.add_parser("demo", help="every preset on the bundled sample: volumes, a montage PNG, a Slicer scene")
     demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
@@ -106,6 +114,16 @@ def cmd_presets(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
 
 
+def cmd_batch(args: argparse.Namespace) -> None:
+    from .batch import synthesize_subjects
+
+    presets = [preset(name) for name in args.preset]
+    failures = synthesize_subjects(args.input, presets, args.output, pick_device(args.device), args.units, args.overwrite)
+    if failures:
+        raise InputError(f"{len(failures)} subject(s) skipped: {', '.join(failures)} (reasons above)")
+    print(f"{len(presets)} contrast(s) per subject written under {args.output}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -115,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out, pick_device(args.device))
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "demo": cmd_demo}
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
