@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("-o", "--output", required=True, type=Path, help="output folder: <subject>/<preset>.nrrd")
     batch.add_argument("--overwrite", action="store_true")
     batch.add_argument("--device", choices=DEVICES, default="auto")
+    batch.add_argument("--progress", choices=("bar", "lines"), default="bar",
+                       help="lines: one 'progress DONE/TOTAL SUBJECT' line per step, for a GUI reading stdout")
 
     demo = commands.add_parser("demo", help="every preset on the bundled sample: volumes, a montage PNG, a Slicer scene")
     demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
@@ -118,7 +120,14 @@ def cmd_batch(args: argparse.Namespace) -> None:
     from .batch import synthesize_subjects
 
     presets = [preset(name) for name in args.preset]
-    failures = synthesize_subjects(args.input, presets, args.output, pick_device(args.device), args.units, args.overwrite)
+
+    def report(done: int, total: int, subject: str) -> None:
+        print(f"progress {done}/{total} {subject}", flush=True)
+
+    failures = synthesize_subjects(
+        args.input, presets, args.output, pick_device(args.device), args.units, args.overwrite,
+        progress=report if args.progress == "lines" else None,
+    )
     if failures:
         raise InputError(f"{len(failures)} subject(s) skipped: {', '.join(failures)} (reasons above)")
     print(f"{len(presets)} contrast(s) per subject written under {args.output}")

@@ -43,3 +43,10 @@ def test_bad_subject_is_skipped_and_reported(tmp_path, capsys):
     before = (out / "sub-00" / "T2w.nrrd").read_bytes()
     assert main(["batch", "--input", str(study), "--preset", "T2w", "-o", str(out)]) == 2
     assert (out / "sub-00" / "T2w.nrrd").read_bytes() == before
+
+
+def test_progress_lines_for_a_gui(tmp_path, capsys):
+    study = _study(tmp_path / "study", seeds=[1, 2, 3])
+    assert main(["batch", "--input", str(study), "--preset", "T1w", "-o", str(tmp_path / "out"), "--progress", "lines"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("progress ")]
+    assert lines == ["progress 0/3 sub-00", "progress 1/3 sub-01", "progress 2/3 sub-02", "progress 3/3 "]
