@@ -1,82 +1,44 @@
 """SyntheticMRI: synthetic MR contrasts from quantitative T1, T2 and PD maps (3D Slicer module).
 
-This file is GUI wiring plus a thin logic over ``SyntheticMRILib``, where the
-physics, the map checks and the geometry handling live. Importing it never
-imports torch or SyntheticMRILib: they load on first use, after PyTorch has
-been installed with the user's consent.
+GUI wiring and a thin logic over ``SyntheticMRILib`` (physics, map checks, live preview, MRML bridge).
+Importing this file imports neither torch nor SyntheticMRILib: they load on first use, after PyTorch
+has been installed with the user's consent.
 
-Console use (the batch API)::
-
-    from SyntheticMRI import SyntheticMRILogic
-    logic = SyntheticMRILogic()
-    logic.ensureDependencies()
-    flair = logic.synthesize(t1Node, t2Node, pdNode, "T2-FLAIR")        # a preset name
-    custom = logic.synthesize(t1Node, t2Node, pdNode, logic.protocol("Custom inversion recovery", tr=6000, te=80, ti=1800))
+Console use (more in the README): ``logic = SyntheticMRILogic(); logic.ensureDependencies()``, then
+``logic.synthesize(t1Node, t2Node, pdNode, "T2-FLAIR")`` or with ``logic.protocol("Custom double IR", tr=..., ...)``.
 
 Long work (segmentation, training) will run out of process via PythonSlicer; synthesis is sub-second.
 """
-import importlib
 import importlib.util
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Dict, List, Optional, Tuple
 
 import qt
 import vtk
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
-from slicer.i18n import tr as _
-from slicer.i18n import translate
+from slicer.i18n import tr as _, translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-#
-# What the GUI offers. The preset names (with the sequence each uses), the sequences (with the
-# parameters besides TR and TE that each takes), the units and the devices are copies of
-# SyntheticMRILib.protocols.PRESETS / SEQUENCES, SyntheticMRILib.maps.UNITS and
-# SyntheticMRILib.devices.DEVICES: the library imports torch, and the GUI has to draw before torch
-# is installed. Preset *values* are always read from the library. Testing/test_module_static.py
-# fails when a copy drifts from its source.
-#
+# What the GUI offers: copies of SyntheticMRILib's PRESETS / SEQUENCES (protocols), UNITS (maps) and DEVICES,
+# because the library imports torch and the GUI draws before torch is installed. Preset *values* are read from
+# the library. Testing/test_module_static.py fails when a copy drifts from its source.
 PRESET_SEQUENCES = {
-    "T1w": "se",
-    "T2w": "se",
-    "PDw": "se",
-    "T2-FLAIR": "ir",
-    "T1-FLAIR": "ir",
-    "STIR": "ir",
-    "PSIR": "psir",
-    "DIR": "dir",
-    "WM-nulled": "ir",
-    "GM-nulled": "ir",
-    "dSIR": "dsir",
-    "T1w-GRE": "gre",
+    "T1w": "se", "T2w": "se", "PDw": "se", "T2-FLAIR": "ir", "T1-FLAIR": "ir", "STIR": "ir",
+    "PSIR": "psir", "DIR": "dir", "WM-nulled": "ir", "GM-nulled": "ir", "dSIR": "dsir", "T1w-GRE": "gre",
 }
 CUSTOM_SEQUENCES = {
-    "Custom spin echo": "se",
-    "Custom inversion recovery": "ir",
-    "Custom phase-sensitive IR": "psir",
-    "Custom double IR": "dir",
-    "Custom gradient echo": "gre",
-    "Custom dSIR": "dsir",
+    "Custom spin echo": "se", "Custom inversion recovery": "ir", "Custom phase-sensitive IR": "psir",
+    "Custom double IR": "dir", "Custom gradient echo": "gre", "Custom dSIR": "dsir",
 }
-SEQUENCE_PARAMETERS = {
-    "se": (),
-    "ir": ("ti",),
-    "psir": ("ti",),
-    "dir": ("ti", "ti2"),
-    "gre": ("flip",),
-    "dsir": ("ti", "ti2"),
-}
+SEQUENCE_PARAMETERS = {"se": (), "ir": ("ti",), "psir": ("ti",), "dir": ("ti", "ti2"), "gre": ("flip",), "dsir": ("ti", "ti2")}
 CONTRASTS = tuple(PRESET_SEQUENCES) + tuple(CUSTOM_SEQUENCES)
 UNITS = ("ms", "s")
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,9 +47,8 @@ DEVICES = ("auto", "cpu", "cuda")
 TORCH_MINIMUM = (2, 1)
 EXTRA_REQUIREMENTS = {"tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.5"}
 
-# Slider ranges: times in ms, flip angle in degrees. On top of them parameterBounds() keeps the
-# physical order TE < TR, TI < TR and TI2 < TI, strict by GAP_MS (the minima leave room for it).
-# Spoiled gradient echo is used below 90 degrees; Protocol itself accepts up to 180 from the console.
+# Slider ranges (ms, degrees); parameterBounds() also keeps TE < TR, TI < TR and TI2 < TI, strict by GAP_MS
+# (the minima leave room for it). Spoiled gradient echo is used below 90 degrees; Protocol accepts up to 180.
 SLIDER_PARAMETERS = ("tr", "te", "ti", "ti2", "flip")
 TR_RANGE = (5.0, 15000.0)
 TE_RANGE = (0.0, 1000.0)
@@ -96,10 +57,13 @@ TI2_RANGE = (1.0, 5000.0)
 FLIP_RANGE = (1.0, 90.0)
 GAP_MS = 1.0
 
-# Node attributes written on a synthesized volume: its protocol (provenance, and the mark that the
-# node holds a synthetic image that live updates may overwrite) and whether the module named it.
+# The node attribute of a synthesized volume (as in SyntheticMRILib.slicer_bridge): live updates may overwrite it.
 PROTOCOL_ATTRIBUTE = "SyntheticMRI.Protocol"
-AUTO_NAME_ATTRIBUTE = "SyntheticMRI.AutoName"
+
+
+def library(name: str):
+    """``SyntheticMRILib.<name>``, imported on first use: it imports torch, so only after ensureDependencies()."""
+    return importlib.import_module("SyntheticMRILib." + name)
 
 
 def sequenceOf(contrast: str) -> str:
@@ -126,57 +90,10 @@ def parameterBounds(tr: float, ti: float) -> Dict[str, Tuple[float, float]]:
 def clampParameters(values: Dict[str, float]) -> Dict[str, float]:
     """``values`` (all of SLIDER_PARAMETERS) moved inside their bounds; TR first, then TI, then the rest."""
     clamped = dict(values)
-
-    def clip(name: str, bounds: Dict[str, Tuple[float, float]]) -> None:
-        low, high = bounds[name]
+    for name in ("tr", "ti", "te", "ti2", "flip"):  # each bound depends only on the values clamped before it
+        low, high = parameterBounds(float(clamped["tr"]), float(clamped["ti"]))[name]
         clamped[name] = min(max(float(clamped[name]), low), high)
-
-    clip("tr", parameterBounds(TR_RANGE[1], TI_RANGE[1]))
-    clip("ti", parameterBounds(clamped["tr"], TI_RANGE[1]))
-    bounds = parameterBounds(clamped["tr"], clamped["ti"])
-    for name in ("te", "ti2", "flip"):
-        clip(name, bounds)
     return clamped
-
-
-def planeVoxels(sliceToRAS, rasToIJK, shape: Sequence[int]):
-    """The voxels a slice view's plane shows: ``(array axis, indices)``, or None if it misses the volume.
-
-    ``sliceToRAS`` is the view's 4x4 SliceToRAS matrix, ``rasToIJK`` the volume's 4x4 world-to-IJK
-    matrix and ``shape`` its array shape, indexed (k, j, i) as slicer.util.arrayFromVolume gives it.
-    ``indices`` has shape ``(width, *other two dimensions)``: for each column of voxels along the array
-    axis most normal to the plane, the band of indices the view interpolates from (trilinear, so the
-    neighbours on either side of the crossing; nearest neighbour is among them). A view aligned with
-    the grid through voxel centres gives a band of width 1, one voxel slice; an oblique view (Slicer's
-    default views on an oblique acquisition) gives a few voxels per column.
-    """
-    import numpy as np
-
-    sliceToRAS = np.asarray(sliceToRAS, dtype=float)
-    rasToIJK = np.asarray(rasToIJK, dtype=float)
-    point = (rasToIJK @ sliceToRAS[:, 3])[:3]
-    normal = np.linalg.inv(rasToIJK[:3, :3]).T @ sliceToRAS[:3, 2]  # normals map with the inverse transpose
-    axis = int(np.argmax(np.abs(normal)))  # IJK axis; IJK axis a is array axis 2 - a
-    arrayAxis = 2 - axis
-    rest = [r for r in range(3) if r != arrayAxis]
-    columns = np.meshgrid(*(np.arange(shape[r]) for r in rest), indexing="ij")
-    # Where the plane crosses each column, and how far that moves within one voxel of the column.
-    crossing = point[axis] - sum(normal[2 - r] * (c - point[2 - r]) for r, c in zip(rest, columns)) / normal[axis]
-    reach = sum(abs(normal[2 - r] / normal[axis]) for r in rest)
-    low = np.floor(crossing - reach + 1e-6).astype(int)
-    high = np.ceil(crossing + reach - 1e-6).astype(int)
-    size = shape[arrayAxis]
-    if (high < 0).all() or (low > size - 1).all():
-        return None
-    low, high = np.clip(low, 0, size - 1), np.clip(high, 0, size - 1)
-    width = int((high - low).max()) + 1
-    indices = np.minimum(low[np.newaxis] + np.arange(width)[:, np.newaxis, np.newaxis], high[np.newaxis])
-    return arrayAxis, indices
-
-
-#
-# SyntheticMRI
-#
 
 
 class SyntheticMRI(ScriptedLoadableModule):
@@ -184,7 +101,6 @@ class SyntheticMRI(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Synthetic MRI")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
         self.parent.contributors = ["SlicerSyntheticMRI developers"]
         self.parent.helpText = _(
             "Synthesizes any weighted MR contrast (spin echo, inversion recovery with FLAIR, STIR, DIR, PSIR and dSIR, "
@@ -200,18 +116,10 @@ class SyntheticMRI(ScriptedLoadableModule):
         )
 
 
-#
-# SyntheticMRIParameterNode
-#
-
-
 @parameterNodeWrapper
 class SyntheticMRIParameterNode:
-    """The module's state, saved with the scene. Times in ms, flip angle in degrees.
-
-    The default values are the T2-FLAIR preset (checked against the library by the static tests).
-    ``ti2`` is the shorter of the two inversion times of double IR and dSIR.
-    """
+    """The module's state, saved with the scene: times in ms, flip angle in degrees, ``ti2`` the shorter inversion
+    time of double IR and dSIR. The defaults are the T2-FLAIR preset (checked by the static tests)."""
 
     t1Volume: vtkMRMLScalarVolumeNode
     t2Volume: vtkMRMLScalarVolumeNode
@@ -229,18 +137,12 @@ class SyntheticMRIParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
 
 
-#
-# SyntheticMRIWidget
-#
-
-
 class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._parameterNode = self._parameterNodeGuiTag = None
         self._shownContrast = None  # the contrast the widgets were last laid out for
         self._appliedPreset = None  # (name, values) of the preset last applied, to notice edits to it
         self._dragValues = {}  # slider values while a slider is dragged, not yet in the parameter node
@@ -254,38 +156,25 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
         self.logic = SyntheticMRILogic()
-        self._sliders = {
-            "tr": self.ui.trSlider,
-            "te": self.ui.teSlider,
-            "ti": self.ui.tiSlider,
-            "ti2": self.ui.ti2Slider,
-            "flip": self.ui.flipSlider,
-        }
+        self._sliders = {"tr": self.ui.trSlider, "te": self.ui.teSlider, "ti": self.ui.tiSlider, "ti2": self.ui.ti2Slider,
+                         "flip": self.ui.flipSlider}
         self._sliderLabels = {"ti": self.ui.tiLabel, "ti2": self.ui.ti2Label, "flip": self.ui.flipLabel}
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        # The sliders do not track (see the .ui): valueIsChanging fires while one is dragged and drives
-        # the preview of the visible slices; valueChanged fires on release, reaches the parameter node
-        # through the parameterNodeWrapper binding, and the whole volume follows.
+        # The sliders do not track (see the .ui): valueIsChanging fires while one is dragged and drives the
+        # preview of the visible slices; valueChanged fires on release, reaches the parameter node through
+        # the parameterNodeWrapper binding, and the whole volume follows.
         for name, slider in self._sliders.items():
             slider.connect("valueIsChanging(double)", lambda value, name=name: self.onSliderMoving(name, value))
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
-        self.ui.applyButton.connect("clicked(bool)", self.onApply)
-
+        self.ui.applyButton.connect("clicked(bool)", lambda: self._synthesizeVolume(interactive=True))
         # Zero-interval single-shot timers coalesce a burst of events into one computation.
-        self._previewTimer = qt.QTimer()
-        self._previewTimer.setSingleShot(True)
-        self._previewTimer.setInterval(0)
-        self._previewTimer.connect("timeout()", self._runPreview)
-        self._updateTimer = qt.QTimer()
-        self._updateTimer.setSingleShot(True)
-        self._updateTimer.setInterval(0)
-        self._updateTimer.connect("timeout()", self._runAutoUpdate)
-
+        self._previewTimer, self._updateTimer = qt.QTimer(), qt.QTimer()
+        for timer, callback in ((self._previewTimer, self._runPreview), (self._updateTimer, self._synthesizeVolume)):
+            timer.setSingleShot(True)
+            timer.setInterval(0)
+            timer.connect("timeout()", callback)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -297,14 +186,7 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self._removeParameterNodeObservers()
-
-    def _removeParameterNodeObservers(self) -> None:
-        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._openSliderRanges)
-        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._disconnectParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -318,50 +200,58 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Inputs are not guessed: three maps picked at random are worse than three empty selectors.
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, parameterNode: Optional[SyntheticMRIParameterNode]) -> None:
+    def _disconnectParameterNode(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._removeParameterNodeObservers()
-        self._parameterNode = parameterNode
-        self._shownContrast = None
-        self._appliedPreset = None
+            self._parameterNodeGuiTag = None
+            for callback in (self._openSliderRanges, self._onParameterNodeModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, callback)
+
+    def setParameterNode(self, parameterNode: Optional[SyntheticMRIParameterNode]) -> None:
+        self._disconnectParameterNode()
+        self._parameterNode, self._shownContrast, self._appliedPreset = parameterNode, None, None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            # Two observers around the wrapper's own (priority 0: it refreshes its cached values and
-            # writes them into the widgets). Before it, the sliders open to their full ranges, so that
-            # no new value is clipped by the bounds of the old ones; after it, the module reacts to the
-            # new values and narrows the sliders to their physical bounds.
+            # Two observers around the wrapper's own (priority 0: it refreshes its cached values and writes
+            # them into the widgets). Before it, the sliders open to their full ranges, so that no new value
+            # is clipped by the bounds of the old ones; after it, the module reacts to the new values and
+            # narrows the sliders to their physical bounds.
             modified = vtk.vtkCommand.ModifiedEvent
             self.addObserver(self._parameterNode, modified, self._openSliderRanges, priority=1.0)
             self.addObserver(self._parameterNode, modified, self._onParameterNodeModified, priority=-1.0)
             self._onParameterNodeModified()
 
-    # --- parameter node -> GUI ------------------------------------------------------------------
-
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        if self._parameterNode is None or self._handlingModified:
+        p = self._parameterNode
+        if p is None or self._handlingModified:
             return
         self._handlingModified = True
         try:
-            parameters = self._parameterNode
-            if parameters.contrast != self._shownContrast:
+            values = {name: float(getattr(p, name)) for name in SLIDER_PARAMETERS}
+            if p.contrast != self._shownContrast:
                 chosenByUser = self._shownContrast is not None  # None: the node was just (re)connected
-                self._shownContrast = parameters.contrast
+                self._shownContrast = p.contrast
                 if chosenByUser:
                     self._resetWindowLevel = True
-                    if parameters.contrast in PRESET_SEQUENCES:
-                        self._applyPreset(parameters.contrast)
-            self._enforceBounds()
+                    if p.contrast in PRESET_SEQUENCES and self.logic.ensureDependencies():
+                        self._appliedPreset = (p.contrast, self.logic.presetValues(p.contrast))
+                        values.update(self._appliedPreset[1])  # the others stay, clamped below
+            # TE < TR, TI < TR, TI2 < TI: when TR (or TI) moved, the others follow, and the sliders show the bounds.
+            values = clampParameters(values)
+            with slicer.util.NodeModify(p):
+                for name, value in values.items():
+                    if getattr(p, name) != value:
+                        setattr(p, name, value)
+            self._setSliderRanges(values)
             self._switchToCustomIfPresetEdited()
             self._layOutContrast()
-            self._checkCanApply()
+            problem = self._inputProblem()
+            self.ui.applyButton.enabled = problem is None
+            self.ui.applyButton.toolTip = problem or _("Synthesize the whole volume with the current contrast.")
         finally:
             self._handlingModified = False
-        if parameters.autoUpdate and self._outputIsSynthetic():
+        if p.autoUpdate and self._outputIsSynthetic():
             self._updateTimer.start()
-
-    def _currentValues(self) -> Dict[str, float]:
-        return {name: float(getattr(self._parameterNode, name)) for name in SLIDER_PARAMETERS}
 
     def _openSliderRanges(self, caller=None, event=None) -> None:
         self._setSliderRanges({"tr": TR_RANGE[1], "ti": TI_RANGE[1]})
@@ -371,75 +261,41 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, (low, high) in parameterBounds(values["tr"], values["ti"]).items():
             slider = self._sliders[name]
             wasBlocked = slider.blockSignals(True)
-            slider.minimum = low
-            slider.maximum = high
+            slider.minimum, slider.maximum = low, high
             slider.blockSignals(wasBlocked)
-
-    def _writeValues(self, values: Dict[str, float]) -> None:
-        changed = {name: value for name, value in values.items() if getattr(self._parameterNode, name) != value}
-        with slicer.util.NodeModify(self._parameterNode):
-            for name, value in changed.items():
-                setattr(self._parameterNode, name, value)
-
-    def _enforceBounds(self) -> None:
-        """TE < TR, TI < TR, TI2 < TI: when TR (or TI) moved, the others follow, and the sliders show the bounds."""
-        values = clampParameters(self._currentValues())
-        self._writeValues(values)
-        self._setSliderRanges(values)
-
-    def _applyPreset(self, name: str) -> None:
-        if not self.logic.ensureDependencies():
-            return
-        presetValues = self.logic.presetValues(name)
-        values = self._currentValues()
-        values.update(presetValues)
-        self._writeValues(clampParameters(values))  # parameters the preset leaves alone stay physical too
-        self._appliedPreset = (name, presetValues)
 
     def _switchToCustomIfPresetEdited(self) -> None:
         """A preset whose values were changed is no longer that preset: say so in the contrast list."""
-        if self._appliedPreset is None:
-            return
-        name, presetValues = self._appliedPreset
-        parameters = self._parameterNode
-        if parameters.contrast != name:
+        name, presetValues = self._appliedPreset or (None, {})
+        p = self._parameterNode
+        edited = any(abs(getattr(p, key) - value) > 1e-6 for key, value in presetValues.items())
+        if name is not None and (p.contrast != name or edited):
             self._appliedPreset = None
-        elif any(abs(getattr(parameters, key) - value) > 1e-6 for key, value in presetValues.items()):
-            self._appliedPreset = None
-            self._shownContrast = customContrastOf(PRESET_SEQUENCES[name])
-            parameters.contrast = self._shownContrast
+            if p.contrast == name:
+                self._shownContrast = p.contrast = customContrastOf(PRESET_SEQUENCES[name])
 
     def _layOutContrast(self) -> None:
         """Show the sliders the sequence uses, and what the contrast shows."""
-        contrast = self._parameterNode.contrast
-        uses = SEQUENCE_PARAMETERS[sequenceOf(contrast)]
+        uses = SEQUENCE_PARAMETERS[sequenceOf(self._parameterNode.contrast)]
         for name, label in self._sliderLabels.items():
             self._sliders[name].setVisible(name in uses)
             label.setVisible(name in uses)
         self.ui.tiLabel.text = _("TI1 (longer):") if "ti2" in uses else _("TI:")
-        self.ui.contrastInfoLabel.text = self.logic.contrastDescription(contrast)
+        self.ui.contrastInfoLabel.text = self.logic.contrastDescription(self._parameterNode.contrast)
 
     def _inputProblem(self) -> Optional[str]:
-        parameters = self._parameterNode
-        if parameters is None:
+        p = self._parameterNode
+        if p is None:
             return _("No parameter node.")
-        inputs = (parameters.t1Volume, parameters.t2Volume, parameters.pdVolume)
-        if not all(inputs):
+        if not all((p.t1Volume, p.t2Volume, p.pdVolume)):
             return _("Select the T1, T2 and PD maps (or load the sample).")
-        if parameters.outputVolume is not None and parameters.outputVolume in inputs:
+        if p.outputVolume is not None and p.outputVolume in (p.t1Volume, p.t2Volume, p.pdVolume):
             return _("The output volume must not be one of the input maps.")
         return None
-
-    def _checkCanApply(self) -> None:
-        problem = self._inputProblem()
-        self.ui.applyButton.enabled = problem is None
-        self.ui.applyButton.toolTip = problem or _("Synthesize the whole volume with the current contrast.")
 
     def _outputIsSynthetic(self) -> bool:
         output = self._parameterNode.outputVolume if self._parameterNode else None
         return bool(output is not None and output.GetImageData() and output.GetAttribute(PROTOCOL_ATTRIBUTE))
-
-    # --- user actions ---------------------------------------------------------------------------
 
     def onLoadSample(self) -> None:
         if not self.logic.ensureDependencies():
@@ -447,64 +303,42 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not load the sample maps."), waitCursor=True):
             nodes = self.logic.loadSample()
             with slicer.util.NodeModify(self._parameterNode):
-                self._parameterNode.t1Volume = nodes["t1"]
-                self._parameterNode.t2Volume = nodes["t2"]
-                self._parameterNode.pdVolume = nodes["pd"]
-                self._parameterNode.units = "ms"
-        self._synthesizeVolume(interactive=True)
-
-    def onApply(self) -> None:
+                p = self._parameterNode
+                p.t1Volume, p.t2Volume, p.pdVolume, p.units = nodes["t1"], nodes["t2"], nodes["pd"], "ms"
         self._synthesizeVolume(interactive=True)
 
     def onSliderMoving(self, name: str, value: float) -> None:
         self._dragValues[name] = value
         self._previewTimer.start()
 
-    # --- computation ----------------------------------------------------------------------------
-
-    def _runAutoUpdate(self) -> None:
-        self._synthesizeVolume(interactive=False)
-
-    def _synthesizeVolume(self, interactive: bool) -> None:
-        """The whole volume, in process (see SyntheticMRILogic.synthesize for why that is fine)."""
-        parameters = self._parameterNode
-        if parameters is None or self._inputProblem():
+    def _synthesizeVolume(self, interactive: bool = False) -> None:
+        """The whole volume, in process (see SyntheticMRILogic.synthesize); not ``interactive``: an automatic
+        update, which opens no dialog and skips what was computed already."""
+        p = self._parameterNode
+        if p is None or self._inputProblem():
             return
         if not self.logic.ensureDependencies(askConfirmation=interactive):
             self.ui.statusLabel.text = _("PyTorch is needed: press Synthesize to install it.")
             return
         try:
             with slicer.util.WaitCursor():
-                protocol = self.logic.protocolFromParameters(parameters)
-                key = self._updateKey(protocol)
-                if not interactive and key == self._lastUpdateKey:
+                protocol = self.logic.protocolFromParameters(p)
+                if not interactive and self._updateKey(protocol) == self._lastUpdateKey:
                     return
-                created = parameters.outputVolume is None
+                created = p.outputVolume is None
                 output = self.logic.synthesize(
-                    parameters.t1Volume,
-                    parameters.t2Volume,
-                    parameters.pdVolume,
-                    protocol,
-                    outputNode=parameters.outputVolume,
-                    units=parameters.units,
-                    device=parameters.device,
-                    fused=parameters.fused,
-                    name=self.logic.outputName(parameters.contrast),
-                )
+                    p.t1Volume, p.t2Volume, p.pdVolume, protocol, outputNode=p.outputVolume, units=p.units,
+                    device=p.device, fused=p.fused, name=self.logic.outputName(p.contrast))
         except Exception as error:  # shown to the user; InputError (a ValueError) messages are written for them
-            if isinstance(error, ValueError):
-                logging.error(f"SyntheticMRI: {error}")
-            else:
-                logging.exception("SyntheticMRI: synthesis failed")
+            (logging.error if isinstance(error, ValueError) else logging.exception)(f"SyntheticMRI: synthesis failed: {error}")
             self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
             if interactive:
                 slicer.util.errorDisplay(_("Synthesis failed: {error}").format(error=error))
             return
         if created:
-            parameters.outputVolume = output
+            p.outputVolume = output
         elif self._resetWindowLevel and output.GetDisplayNode() is not None:
-            # A new contrast has a new intensity range: let Slicer window it once, then keep that
-            # window while sliders move, so that the view shows the signal change.
+            # A new contrast, a new intensity range: window it once, then keep the window so that sliders show the change.
             output.GetDisplayNode().AutoWindowLevelOn()
             output.GetDisplayNode().AutoWindowLevelOff()
         self._resetWindowLevel = False
@@ -512,102 +346,66 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if created or interactive:
             slicer.util.setSliceViewerLayers(background=output, fit=created)
         self.ui.statusLabel.text = _("{contrast}, {caption}: {milliseconds:.0f} ms").format(
-            contrast=parameters.contrast, caption=protocol.caption(), milliseconds=1000.0 * self.logic.lastDuration
-        )
+            contrast=p.contrast, caption=protocol.caption(), milliseconds=1000.0 * self.logic.lastDuration)
 
     def _updateKey(self, protocol) -> tuple:
-        parameters = self._parameterNode
-        inputs = (parameters.t1Volume, parameters.t2Volume, parameters.pdVolume)
-        output = parameters.outputVolume.GetID() if parameters.outputVolume else None
-        return (SyntheticMRILogic.nodeStamps(inputs), parameters.units, parameters.device, protocol, output)
+        p = self._parameterNode
+        inputs = library("slicer_bridge").node_stamps((p.t1Volume, p.t2Volume, p.pdVolume))
+        return (inputs, p.units, p.device, protocol, p.outputVolume.GetID() if p.outputVolume else None)
 
     def _runPreview(self) -> None:
-        """Recompute only the slices the Red, Yellow and Green views show, with the dragged value."""
+        """Recompute only the voxels the slice views show, with the dragged value."""
         values, self._dragValues = self._dragValues, {}
-        parameters = self._parameterNode
-        if not values or parameters is None or not parameters.autoUpdate or self._inputProblem():
-            return
-        if not self._outputIsSynthetic() or not self.logic.libraryLoaded():
+        p = self._parameterNode
+        if (not values or p is None or not p.autoUpdate or self._inputProblem() or not self._outputIsSynthetic()
+                or not self.logic.libraryLoaded()):
             return  # nothing to preview into yet: the release computes the whole volume
         try:
-            protocol = self.logic.protocolFromParameters(parameters, overrides=values)
+            protocol = self.logic.protocolFromParameters(p, overrides=values)
             self.logic.updateVisibleSlices(
-                parameters.t1Volume,
-                parameters.t2Volume,
-                parameters.pdVolume,
-                protocol,
-                parameters.outputVolume,
-                units=parameters.units,
-                device=parameters.device,
-            )
+                p.t1Volume, p.t2Volume, p.pdVolume, protocol, p.outputVolume, units=p.units, device=p.device)
         except Exception as error:  # a preview never interrupts a drag with a dialog
             logging.debug(f"SyntheticMRI: preview skipped ({error})")
 
 
-#
-# SyntheticMRILogic
-#
-
-
 class SyntheticMRILogic(ScriptedLoadableModuleLogic):
     """Synthetic contrasts into volume nodes: a thin layer over SyntheticMRILib, usable without the GUI.
-
-    The maps of the last inputs are cached as tensors (keyed by node IDs and modification times), so
-    that slider moves do not convert three volumes each time.
-    """
+    The maps of the last inputs stay cached as tensors, so that slider moves do not convert three volumes."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastDuration = 0.0  # seconds of the last whole-volume synthesis
-        self.clearCache()
+        self._cache = None  # a SyntheticMRILib.preview.MapCache, made on first use (the library imports torch)
 
     def getParameterNode(self) -> SyntheticMRIParameterNode:
         return SyntheticMRIParameterNode(super().getParameterNode())
 
     def clearCache(self) -> None:
-        self._mapsKey = None
-        self._maps = None
-        self._tensors = None
-
-    # --- dependencies ---------------------------------------------------------------------------
+        self._cache = None
 
     @staticmethod
-    def _torchTooOld() -> bool:
+    def missingPackages(extras: bool = False) -> List[str]:
+        """What to install before SyntheticMRILib runs: torch (also if older than TORCH_MINIMUM); ``extras``: tqdm, matplotlib."""
         import importlib.metadata
 
+        missing = [name for name in ["torch", *(EXTRA_REQUIREMENTS if extras else ())] if importlib.util.find_spec(name) is None]
         try:
             version = importlib.metadata.version("torch")
         except importlib.metadata.PackageNotFoundError:
-            return False
+            return missing
         major, minor = (int("".join(ch for ch in part if ch.isdigit()) or 0) for part in version.split(".")[:2])
-        return (major, minor) < TORCH_MINIMUM
-
-    def missingPackages(self, extras: bool = False) -> List[str]:
-        """The packages to install before SyntheticMRILib can run (torch; with ``extras``, tqdm and matplotlib)."""
-        names = ["torch"] + (list(EXTRA_REQUIREMENTS) if extras else [])
-        missing = [name for name in names if importlib.util.find_spec(name) is None]
-        if "torch" not in missing and self._torchTooOld():
-            missing.insert(0, "torch")
-        return missing
+        return (["torch"] if "torch" not in missing and (major, minor) < TORCH_MINIMUM else []) + missing
 
     def ensureDependencies(self, extras: bool = False, askConfirmation: bool = True) -> bool:
-        """True when SyntheticMRILib can be imported; otherwise offers, in one dialog, to install what is missing.
-
-        torch comes from the PyTorch extension (PyTorch Utils) when present, which picks the build that
-        fits the GPU driver; otherwise from PyPI. With ``askConfirmation=False`` nothing is installed and
-        the answer is False (automatic updates must not open dialogs).
-        """
+        """True when SyntheticMRILib can be imported; otherwise offers, in one dialog, to install what is missing:
+        torch from the PyTorch extension (PyTorch Utils picks the build for the GPU driver), else from PyPI.
+        With ``askConfirmation=False`` nothing is installed and the answer is False (no dialogs on auto-updates)."""
         missing = self.missingPackages(extras)
         if missing:
-            if not askConfirmation:
-                return False
-            if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
-                _(
-                    "Synthetic MRI needs these Python packages, which are not installed yet:\n\n    {packages}\n\n"
-                    "Install them now? PyTorch is a download of several hundred MB and may take a few minutes."
-                ).format(packages=", ".join(missing)),
-                windowTitle=_("Install Python packages"),
-            ):
+            question = _("Synthetic MRI needs these Python packages, which are not installed yet:\n\n    {packages}\n\n"
+                         "Install them now? PyTorch is a download of several hundred MB and may take a few minutes.")
+            if not askConfirmation or not (slicer.app.testingEnabled() or slicer.util.confirmOkCancelDisplay(
+                    question.format(packages=", ".join(missing)), windowTitle=_("Install Python packages"))):
                 return False
             try:
                 with slicer.util.WaitCursor():
@@ -622,241 +420,88 @@ class SyntheticMRILogic(ScriptedLoadableModuleLogic):
             importlib.invalidate_caches()
             if self.missingPackages(extras):
                 return False
-        self._addSourceTreeToPath()
+        # Installed, the package sits next to this file; in a source checkout one folder up, unless pip-installed.
+        checkout = Path(__file__).resolve().parent.parent
+        if importlib.util.find_spec("SyntheticMRILib") is None and (checkout / "SyntheticMRILib" / "__init__.py").is_file():
+            sys.path.insert(0, str(checkout))
         return True
 
-    def _installTorch(self) -> None:
+    @staticmethod
+    def _installTorch() -> None:
         requirement = ">=%d.%d" % TORCH_MINIMUM
         try:
             import PyTorchUtils
         except ImportError:  # the PyTorch extension is a declared dependency, but may have been removed
             slicer.util.pip_install("torch" + requirement)
             return
-        # Our dialog above was the one confirmation; PyTorch Utils is not to ask again.
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
-        if torch is None:
+        # Our dialog was the one confirmation; PyTorch Utils is not to ask again.
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None:
             raise RuntimeError(_("PyTorch Utils did not install PyTorch"))
-
-    @staticmethod
-    def _addSourceTreeToPath() -> None:
-        """Make SyntheticMRILib importable when the module runs from a source checkout.
-
-        Installed, the package sits next to this file; in a checkout (module path .../SyntheticMRI) it is
-        one folder up, unless it was pip-installed into Slicer's Python.
-        """
-        if importlib.util.find_spec("SyntheticMRILib") is not None:
-            return
-        checkout = Path(__file__).resolve().parent.parent
-        if (checkout / "SyntheticMRILib" / "__init__.py").is_file():
-            sys.path.insert(0, str(checkout))
 
     @staticmethod
     def libraryLoaded() -> bool:
         """Whether SyntheticMRILib (and so torch) is imported already; nothing is imported to find out."""
         return "SyntheticMRILib.synthesis" in sys.modules
 
-    # --- contrasts and protocols ----------------------------------------------------------------
-
     def protocol(self, contrast: str, tr: float, te: float, ti=None, ti2=None, flip=None):
         """A validated SyntheticMRILib Protocol for a GUI contrast; parameters the sequence does not take are dropped."""
-        from SyntheticMRILib.protocols import Protocol
-
-        sequence = sequenceOf(contrast)
-        uses = SEQUENCE_PARAMETERS[sequence]
-        optional = {"ti": ti, "ti2": ti2, "flip": flip}
-        kept = {name: (float(value) if name in uses and value is not None else None) for name, value in optional.items()}
-        return Protocol(sequence, float(tr), float(te), **kept).validate()
+        return library("preview").protocol_from_sliders(sequenceOf(contrast), dict(tr=tr, te=te, ti=ti, ti2=ti2, flip=flip))
 
     def protocolFromParameters(self, parameterNode: SyntheticMRIParameterNode, overrides: Optional[Dict[str, float]] = None):
         """The protocol of the parameter node, with ``overrides`` (a dragged slider) kept physical."""
         values = {name: float(getattr(parameterNode, name)) for name in SLIDER_PARAMETERS}
-        values.update(overrides or {})
-        return self.protocol(parameterNode.contrast, **clampParameters(values))
+        return self.protocol(parameterNode.contrast, **clampParameters({**values, **(overrides or {})}))
 
     def presetValues(self, name: str) -> Dict[str, float]:
         """The slider values of a preset, read from SyntheticMRILib.protocols.PRESETS."""
-        from SyntheticMRILib.protocols import PRESETS
-
-        protocol = PRESETS[name].protocol
-        values = {key: getattr(protocol, key) for key in SLIDER_PARAMETERS}
-        return {key: float(value) for key, value in values.items() if value is not None}
+        return library("preview").preset_values(name)
 
     def presetProtocol(self, name: str):
         """The Protocol of a preset (case-insensitive); InputError naming the presets if there is none."""
-        from SyntheticMRILib.protocols import preset
-
-        return preset(name).protocol
+        return library("protocols").preset(name).protocol
 
     def contrastDescription(self, contrast: str) -> str:
         """What a contrast shows, once SyntheticMRILib is loaded (an empty string before: no import for a label)."""
         if not self.libraryLoaded():
             return ""
-        from SyntheticMRILib.protocols import PRESETS, SEQUENCES
-
-        if contrast in PRESETS:
-            text = f"{PRESETS[contrast].shows}. {PRESETS[contrast].source}."
-        else:
-            text = SEQUENCES[sequenceOf(contrast)].description + "."
-        return text[:1].upper() + text[1:]
+        return library("preview").contrast_description(contrast if contrast in PRESET_SEQUENCES else sequenceOf(contrast))
 
     @staticmethod
     def outputName(contrast: str) -> str:
         return "Synthetic " + (contrast if contrast in PRESET_SEQUENCES else contrast[len("Custom ") :])
 
-    # --- maps -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def nodeStamps(nodes) -> tuple:
-        """Identity and modification times of volume nodes: a cache key that changes when they do."""
-        return tuple(
-            (node.GetID(), node.GetMTime(), node.GetImageData().GetMTime() if node.GetImageData() else 0)
-            for node in nodes
-        )
+    def loadSample(self) -> dict:
+        """The bundled sample as nodes: 't1', 't2' (ms), 'pd' (fraction) and 'segmentation' (its FreeSurfer labels)."""
+        return library("slicer_bridge").load_sample()
 
     def _mapTensors(self, t1Node, t2Node, pdNode, units: str, device: str):
-        from SyntheticMRILib import slicer_bridge
-        from SyntheticMRILib.devices import pick_device
+        bridge, nodes = library("slicer_bridge"), (t1Node, t2Node, pdNode)
+        self._cache = self._cache or library("preview").MapCache()
+        return self._cache.get((bridge.node_stamps(nodes), units), lambda: bridge.maps_from_nodes(*nodes, units=units), device)
 
-        key = (self.nodeStamps((t1Node, t2Node, pdNode)), units, device)
-        if key != self._mapsKey:
-            self.clearCache()
-            maps = slicer_bridge.maps_from_nodes(t1Node, t2Node, pdNode, units=units)
-            for note in maps.notes:
-                logging.info(f"SyntheticMRI: {note}")
-            self._tensors = maps.tensors(pick_device(device))
-            self._maps = maps
-            self._mapsKey = key
-        return self._maps, self._tensors
-
-    def loadSample(self) -> dict:
-        """The bundled sample as nodes: 't1', 't2' (ms), 'pd' (fraction) and its FreeSurfer labels."""
-        from SyntheticMRILib import slicer_bridge
-
-        return slicer_bridge.load_sample()
-
-    # --- synthesis ------------------------------------------------------------------------------
-
-    def synthesize(
-        self,
-        t1Node,
-        t2Node,
-        pdNode,
-        contrast,
-        outputNode=None,
-        units: str = "ms",
-        device: str = "auto",
-        fused: bool = True,
-        name: Optional[str] = None,
-    ):
-        """The whole synthetic volume on the T1 map's grid, into ``outputNode`` (a new node when None).
-
-        ``contrast`` is a preset name (SyntheticMRILib.protocols.PRESETS) or a SyntheticMRILib Protocol;
-        ``units`` those of the T1/T2 maps ("ms" or "s"). Returns the output node.
-        """
-        # In process, on the GUI thread: the fused kernel (torch.compile) synthesizes a 256^3 volume in
-        # about 45 ms on 2 CPU threads and well under 1 ms on a GPU (DESIGN.md), so a worker process
-        # would cost more than it saves. The first call per sequence and grid compiles for a few
-        # seconds; where no compiler exists SyntheticMRILib falls back to eager torch (~0.4 s).
-        from SyntheticMRILib import slicer_bridge
-        from SyntheticMRILib.synthesis import synthesize_volume
-
+    def synthesize(self, t1Node, t2Node, pdNode, contrast, outputNode=None, units: str = "ms", device: str = "auto",
+                   fused: bool = True, name: Optional[str] = None):
+        """The whole synthetic volume on the T1 map's grid, into ``outputNode`` (a new node when None); returns it.
+        ``contrast`` is a preset name or a SyntheticMRILib Protocol, ``units`` those of the T1/T2 maps ("ms" or "s")."""
+        # In process: the fused kernel (torch.compile) takes ~45 ms for 256^3 on 2 CPU threads, well under 1 ms on a GPU
+        # (DESIGN.md), after a compile of seconds; eager torch without a compiler ~0.4 s. A worker would cost more.
         protocol = self.presetProtocol(contrast) if isinstance(contrast, str) else contrast.validate()
         if outputNode is not None and outputNode in (t1Node, t2Node, pdNode):
             raise ValueError(_("The output volume must not be one of the input maps."))
         maps, (t1, t2, pd) = self._mapTensors(t1Node, t2Node, pdNode, units, device)
         start = time.perf_counter()
-        array = synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
+        array = library("synthesis").synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
         self.lastDuration = time.perf_counter() - start
-        # A node this module named (or an empty one, fresh from "Create new volume") follows the contrast,
-        # "Synthetic T1w" -> "Synthetic STIR"; a node the user named keeps its name.
-        autoName = (
-            outputNode is None
-            or outputNode.GetImageData() is None
-            or outputNode.GetAttribute(AUTO_NAME_ATTRIBUTE) == "1"
-        )
-        if not autoName:
-            name = outputNode.GetName()
-        elif name is None:
-            name = "Synthetic " + (contrast if isinstance(contrast, str) else protocol.sequence.upper())
-        outputNode = slicer_bridge.node_from_volume(maps.volume(array), name, node=outputNode)
-        outputNode.SetAttribute(AUTO_NAME_ATTRIBUTE, "1" if autoName else "0")
-        outputNode.SetAttribute(PROTOCOL_ATTRIBUTE, f"{protocol.sequence} {protocol.caption()}")
-        return outputNode
+        if name is None and isinstance(contrast, str):  # the name follows the contrast unless the user renamed the node
+            name = "Synthetic " + contrast
+        return library("slicer_bridge").node_from_contrast(maps.volume(array), protocol, node=outputNode, name=name)
 
     def updateVisibleSlices(self, t1Node, t2Node, pdNode, protocol, outputNode, units="ms", device="auto", sliceNodes=None) -> int:
-        """Recompute, in place, only the voxels of ``outputNode`` that slice views show; returns how many views.
-
-        ``outputNode`` must already hold a synthesized volume on the maps' grid (see synthesize).
-        ``sliceNodes`` default to the Red, Yellow and Green views that display ``outputNode``. Each view
-        costs one voxel slice (a few for a view oblique to the grid), not the volume.
-        """
-        import numpy as np
-        import torch
-        from SyntheticMRILib.synthesis import synthesize
-
-        maps, (t1, t2, pd) = self._mapTensors(t1Node, t2Node, pdNode, units, device)
-        array = slicer.util.arrayFromVolume(outputNode)
-        worldToIJK = self._worldToIJK(outputNode)
-        onGrid = (
-            worldToIJK is not None
-            and array.shape == maps.t1.shape
-            and np.allclose(np.linalg.inv(worldToIJK), maps.grid.ijk_to_ras(), atol=1e-4)
-        )
-        if not onGrid:  # not (or no longer) the maps' grid: only a whole-volume update can fix that
-            return 0
-        if sliceNodes is None:
-            sliceNodes = self._sliceNodesShowing(outputNode)
-        updated = 0
-        with torch.no_grad():
-            for sliceNode in sliceNodes:
-                found = planeVoxels(slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()), worldToIJK, array.shape)
-                if found is None:
-                    continue
-                axis, indices = found
-                index = torch.as_tensor(indices, device=t1.device)
-                voxels = [torch.gather(m.movedim(axis, 0), 0, index) for m in (t1, t2, pd)]
-                image = synthesize(*voxels, protocol).cpu().numpy()
-                np.put_along_axis(np.moveaxis(array, axis, 0), indices, image, axis=0)  # a view: writes the node
-                updated += 1
-        if updated:
-            slicer.util.arrayFromVolumeModified(outputNode)
-        return updated
-
-    @staticmethod
-    def _worldToIJK(volumeNode):
-        """The 4x4 world-to-IJK matrix of a volume node (through a linear parent transform), or None."""
-        rasToIJK = vtk.vtkMatrix4x4()
-        volumeNode.GetRASToIJKMatrix(rasToIJK)
-        matrix = slicer.util.arrayFromVTKMatrix(rasToIJK)
-        transformNode = volumeNode.GetParentTransformNode()
-        if transformNode is not None:
-            if not transformNode.IsTransformToWorldLinear():
-                return None
-            worldToLocal = vtk.vtkMatrix4x4()
-            transformNode.GetMatrixTransformFromWorld(worldToLocal)
-            matrix = matrix @ slicer.util.arrayFromVTKMatrix(worldToLocal)
-        return matrix
-
-    @staticmethod
-    def _sliceNodesShowing(volumeNode) -> list:
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:  # no main window (e.g. --no-main-window tests)
-            return []
-        sliceNodes = []
-        for viewName in ("Red", "Yellow", "Green"):
-            sliceWidget = layoutManager.sliceWidget(viewName)
-            if sliceWidget is None or not sliceWidget.isVisible():
-                continue
-            sliceLogic = sliceWidget.sliceLogic()
-            composite = sliceLogic.GetSliceCompositeNode()
-            if volumeNode.GetID() in (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()):
-                sliceNodes.append(sliceLogic.GetSliceNode())
-        return sliceNodes
-
-
-#
-# SyntheticMRITest
-#
+        """Recompute, in place, only the voxels of ``outputNode`` (synthesized before, on the maps' grid) that the
+        ``sliceNodes`` show (default: the views showing it); returns how many views. One voxel slice per view
+        (a few for a view oblique to the grid), not the volume: see SyntheticMRILib.preview."""
+        maps, tensors = self._mapTensors(t1Node, t2Node, pdNode, units, device)
+        return library("slicer_bridge").update_visible_slices(maps, tensors, protocol, outputNode, sliceNodes)
 
 
 class SyntheticMRITest(ScriptedLoadableModuleTest):
@@ -877,66 +522,29 @@ class SyntheticMRITest(ScriptedLoadableModuleTest):
         self.assertTrue(logic.ensureDependencies(), "PyTorch could not be installed")
         self.delayDisplay("Loading the sample maps")
         nodes = logic.loadSample()
-
+        maps = nodes["t1"], nodes["t2"], nodes["pd"]
         self.delayDisplay("Synthesizing T2-FLAIR")
-        # Eager synthesis: the fused kernel gives the same numbers (library tests) after a compile
-        # that would only slow this test down.
-        flair = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2-FLAIR", fused=False)
-        self.assertEqual(flair.GetImageData().GetDimensions(), nodes["t1"].GetImageData().GetDimensions())
-        flairToRAS, t1ToRAS = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        flair.GetIJKToRASMatrix(flairToRAS)
-        nodes["t1"].GetIJKToRASMatrix(t1ToRAS)
-        np.testing.assert_allclose(
-            slicer.util.arrayFromVTKMatrix(flairToRAS), slicer.util.arrayFromVTKMatrix(t1ToRAS), atol=1e-6
-        )
-
+        # Eager: the fused kernel gives the same numbers (library tests) after a compile that would only slow this down.
+        flair = logic.synthesize(*maps, "T2-FLAIR", fused=False)
+        self.assertEqual(flair.GetImageData().GetDimensions(), maps[0].GetImageData().GetDimensions())
+        bridge, tissues = library("slicer_bridge"), library("tissues").FREESURFER_TISSUE
+        ijkToRAS = np.linalg.inv(bridge.world_to_ijk(flair))
+        np.testing.assert_allclose(ijkToRAS, np.linalg.inv(bridge.world_to_ijk(maps[0])), atol=1e-6)
         image = slicer.util.arrayFromVolume(flair)
-        csf, wm = self._csfAndWhiteMatter(nodes)
+        labels = bridge.labels_from_segmentation(nodes["segmentation"], maps[0]).array
+        csf, wm = (np.isin(labels, [k for k, v in tissues.items() if v == t]) for t in ("csf", "cerebral_wm"))
         self.assertTrue(csf.any() and wm.any())
         self.assertLess(np.median(image[csf]), 0.25 * np.median(image[wm]), "CSF is not dark on T2-FLAIR")
-
         self.delayDisplay("Previewing one slice of T1w")
-        expected = slicer.util.arrayFromVolume(
-            logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False, name="T1w reference")
-        ).copy()
-        before = image.copy()
-        sliceNode = self._sliceNodeThroughCenter(flair)
-        count = logic.updateVisibleSlices(
-            nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), flair, sliceNodes=[sliceNode]
-        )
-        self.assertEqual(count, 1)
+        expected = slicer.util.arrayFromVolume(logic.synthesize(*maps, "T1w", fused=False, name="T1w reference")).copy()
+        before, k = image.copy(), image.shape[0] // 2
+        sliceToRAS = np.eye(4)  # a view through the middle k slice, whatever the grid's orientation
+        sliceToRAS[:3, :3] = ijkToRAS[:3, :3] / np.linalg.norm(ijkToRAS[:3, :3], axis=0)
+        sliceToRAS[:, 3] = ijkToRAS @ np.array([(image.shape[2] - 1) / 2.0, (image.shape[1] - 1) / 2.0, k, 1.0])
+        sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slicer.util.updateVTKMatrixFromArray(sliceNode.GetSliceToRAS(), sliceToRAS)
+        self.assertEqual(logic.updateVisibleSlices(*maps, logic.presetProtocol("T1w"), flair, sliceNodes=[sliceNode]), 1)
         after = slicer.util.arrayFromVolume(flair)
-        k = after.shape[0] // 2
         np.testing.assert_allclose(after[k], expected[k], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(np.delete(after, k, axis=0), np.delete(before, k, axis=0))
         self.delayDisplay("Test passed")
-
-    @staticmethod
-    def _csfAndWhiteMatter(nodes):
-        """CSF and cerebral white matter masks from the sample's FreeSurfer labels."""
-        import numpy as np
-        from SyntheticMRILib import slicer_bridge
-        from SyntheticMRILib.tissues import FREESURFER_TISSUE
-
-        if "segmentation" in nodes:
-            labels = slicer_bridge.labels_from_segmentation(nodes["segmentation"], nodes["t1"]).array
-        else:
-            labels = slicer.util.arrayFromVolume(nodes["labels"])
-        ids = {tissue: [label for label, name in FREESURFER_TISSUE.items() if name == tissue] for tissue in ("csf", "cerebral_wm")}
-        return np.isin(labels, ids["csf"]), np.isin(labels, ids["cerebral_wm"])
-
-    @staticmethod
-    def _sliceNodeThroughCenter(volumeNode):
-        """A slice node showing the middle k slice of ``volumeNode``, whatever its orientation."""
-        import numpy as np
-
-        ijkToRAS = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRAS)
-        matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
-        i, j, k = volumeNode.GetImageData().GetDimensions()
-        sliceToRAS = np.eye(4)
-        sliceToRAS[:3, :3] = matrix[:3, :3] / np.linalg.norm(matrix[:3, :3], axis=0)
-        sliceToRAS[:, 3] = matrix @ np.array([(i - 1) / 2.0, (j - 1) / 2.0, k // 2, 1.0])
-        sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
-        slicer.util.updateVTKMatrixFromArray(sliceNode.GetSliceToRAS(), sliceToRAS)
-        return sliceNode

@@ -40,13 +40,16 @@ from vtk.util import numpy_support
 
 from .errors import InputError
 from .maps import Maps, prepare_maps
+from .preview import on_grid, plane_voxels, synthesize_planes
+from .protocols import Protocol
 from .resources import resource_path, sample_paths
 from .volumes import PathLike, Volume, read_volume
 
 __all__ = [
     "volume_from_node", "node_from_volume", "maps_from_nodes", "segmentation_from_labels",
     "labels_from_segmentation", "save_scene", "load_scene", "write_scene_mrb", "load_sample",
-    "create_scene", "label_table", "segment_tag", "LabelEntry",
+    "create_scene", "label_table", "segment_tag", "LabelEntry", "node_stamps", "world_to_ijk", "slice_to_ras",
+    "slice_nodes_showing", "update_visible_slices", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
 ]
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - SyntheticMRI"
@@ -54,6 +57,11 @@ TERMINOLOGY_CONTEXT = "Segmentation category and type - SyntheticMRI"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
 # Segment tag holding the FreeSurfer label number, so a renamed segment still exports to its label.
 LABEL_TAG = "SyntheticMRI.FreeSurferLabel"
+# Attributes of a synthetic contrast's node: its protocol (provenance, and the Slicer module's mark that live
+# updates may overwrite the node) and the name given to it here, so that its name follows the contrast until
+# the user renames it.
+PROTOCOL_ATTRIBUTE = "SyntheticMRI.Protocol"
+AUTO_NAME_ATTRIBUTE = "SyntheticMRI.AutoName"
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 _CASTS = {np.dtype(np.bool_): np.uint8, np.dtype(np.float16): np.float32, np.dtype(np.float64): np.float32}
@@ -379,10 +387,112 @@ def node_from_volume(volume: Volume, name: str, node: Optional[slicer.vtkMRMLSca
     return node
 
 
+def node_from_contrast(volume: Volume, protocol: Protocol, node: Optional[slicer.vtkMRMLScalarVolumeNode] = None,
+                       name: Optional[str] = None,
+                       scene: Optional[slicer.vtkMRMLScene] = None) -> slicer.vtkMRMLScalarVolumeNode:
+    """A synthetic contrast: ``volume``, made with ``protocol``, into ``node`` (a new node when None), which records
+    the protocol (attribute ``PROTOCOL_ATTRIBUTE``).
+
+    A node named here (or an empty one, fresh from "Create new volume") follows the contrast, "Synthetic T1w" ->
+    "Synthetic STIR": it takes ``name``, by default "Synthetic" and the sequence. A node the user (re)named keeps
+    its name.
+    """
+    given = node.GetAttribute(AUTO_NAME_ATTRIBUTE) if node is not None else None  # "1" from earlier versions
+    auto_name = node is None or node.GetImageData() is None or given in ("1", node.GetName())
+    if not auto_name:
+        name = node.GetName()
+    elif name is None:
+        name = f"Synthetic {protocol.sequence.upper()}"
+    node = node_from_volume(volume, name, node=node, scene=scene)
+    node.SetAttribute(AUTO_NAME_ATTRIBUTE, node.GetName() if auto_name else "")
+    node.SetAttribute(PROTOCOL_ATTRIBUTE, f"{protocol.sequence} {protocol.caption()}")
+    return node
+
+
 def maps_from_nodes(t1_node: slicer.vtkMRMLScalarVolumeNode, t2_node: slicer.vtkMRMLScalarVolumeNode,
                     pd_node: slicer.vtkMRMLScalarVolumeNode, units: str = "ms") -> Maps:
     """Checked T1/T2 (ms) and PD (fraction) maps from three volume nodes (see :func:`~SyntheticMRILib.maps.prepare_maps`)."""
     return prepare_maps(volume_from_node(t1_node), volume_from_node(t2_node), volume_from_node(pd_node), units)
+
+
+# ----------------------------------------------------------------------------- slice views (the live preview)
+def node_stamps(nodes: Sequence[slicer.vtkMRMLVolumeNode]) -> tuple:
+    """IDs and modification times of volume nodes and their voxels: a cache key that changes when they do."""
+    return tuple((node.GetID(), node.GetMTime(), node.GetImageData().GetMTime() if node.GetImageData() else 0)
+                 for node in nodes)
+
+
+def world_to_ijk(node: slicer.vtkMRMLVolumeNode) -> Optional[np.ndarray]:
+    """The 4x4 matrix from world (RAS) to the node's IJK indices, through a linear parent transform;
+    None under a non-linear transform (no matrix says where its voxels are)."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetRASToIJKMatrix(matrix)
+    ras_to_ijk = _numpy_matrix(matrix)
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return ras_to_ijk
+    if not transform.IsTransformToWorldLinear():
+        return None
+    transform.GetMatrixTransformFromWorld(matrix)
+    return ras_to_ijk @ _numpy_matrix(matrix)
+
+
+def slice_to_ras(slice_node: slicer.vtkMRMLSliceNode) -> np.ndarray:
+    """The 4x4 SliceToRAS matrix of a slice view: its plane's axes, normal and origin in world coordinates."""
+    return _numpy_matrix(slice_node.GetSliceToRAS())
+
+
+def slice_nodes_showing(volume_node: slicer.vtkMRMLVolumeNode) -> List[slicer.vtkMRMLSliceNode]:
+    """The slice views of the current layout that show ``volume_node`` as background or foreground.
+
+    Views hidden from the layout (another layout, a maximized view) are left out; without a GUI
+    (``--no-main-window``, slicer-core) no view is laid out and the list is empty.
+    """
+    scene = volume_node.GetScene()
+    if scene is None:
+        return []
+    showing = set()
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")  # one per view, matched by layout name
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        if composite.GetLayoutName() and volume_node.GetID() in (composite.GetBackgroundVolumeID(),
+                                                                  composite.GetForegroundVolumeID()):
+            showing.add(composite.GetLayoutName())
+    slice_nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    found = []
+    for index in range(slice_nodes.GetNumberOfItems()):
+        node = slice_nodes.GetItemAsObject(index)
+        if node.GetLayoutName() in showing and node.IsViewVisibleInLayout():  # mapped in the layout and visible
+            found.append(node)
+    return found
+
+
+def update_visible_slices(maps: Maps, tensors: Sequence, protocol: Protocol, output_node: slicer.vtkMRMLScalarVolumeNode,
+                          slice_nodes: Optional[Sequence[slicer.vtkMRMLSliceNode]] = None) -> int:
+    """The live preview: synthesize ``protocol`` into ``output_node`` in place, only where slice views show it.
+
+    ``maps`` and their ``tensors`` (T1, T2, PD; see :class:`~SyntheticMRILib.preview.MapCache`) must lie on the
+    output's grid, as after a whole-volume synthesis into it; otherwise nothing is written (only a whole-volume
+    update can fix that). ``slice_nodes`` default to :func:`slice_nodes_showing`. Returns how many views were
+    updated; the voxels of each come from :func:`~SyntheticMRILib.preview.synthesize_planes`.
+    """
+    image = output_node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None or image.GetNumberOfScalarComponents() != 1:
+        return 0
+    scalars = image.GetPointData().GetScalars()
+    array = numpy_support.vtk_to_numpy(scalars).reshape(image.GetDimensions()[::-1])  # a view: writes go to the node
+    ras_to_ijk = world_to_ijk(output_node)
+    if image.GetExtent()[0::2] != (0, 0, 0) or not on_grid(ras_to_ijk, array.shape, maps.grid):
+        return 0
+    if slice_nodes is None:
+        slice_nodes = slice_nodes_showing(output_node)
+    planes = [plane_voxels(slice_to_ras(node), ras_to_ijk, array.shape) for node in slice_nodes]
+    updated = synthesize_planes(*tensors, protocol, planes, array)
+    if updated:
+        scalars.Modified()
+        image.Modified()
+        output_node.Modified()
+    return updated
 
 
 # ----------------------------------------------------------------------------- segmentations

@@ -3,21 +3,22 @@
 The module file cannot be imported outside Slicer (it needs ScriptedLoadableModule,
 parameterNodeWrapper, qt), so most checks read it: its syntax and module-level imports,
 its ``self.ui`` names against the .ui file, its copies of the library's tables. Its pure
-helpers are compiled on their own from the source. At the end, the logic class runs against
-real MRML (the slicer-core wheel) with the GUI-only Slicer modules stubbed, and the CMake
-files are configured and installed against a stub Slicer, where cmake is available.
+helpers are compiled on their own from the source. At the end, the logic class and the module's
+own SyntheticMRITest run against real MRML (the slicer-core wheel) with the GUI-only Slicer
+modules stubbed, and the CMake files are configured and installed against a stub Slicer, where
+cmake is available. The preview's geometry and its library functions: test_preview.py.
 """
 from __future__ import annotations
 
 import ast
 import importlib.util
-import math
 import re
 import shutil
 import struct
 import subprocess
 import sys
 import types
+import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from SyntheticMRILib.devices import DEVICES
 from SyntheticMRILib.maps import UNITS
 from SyntheticMRILib.protocols import PRESETS, SEQUENCES
 from SyntheticMRILib.volumes import Volume
+from test_preview import DIRECTIONS, oblique_plane, shown_voxels, slice_to_ras
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SyntheticMRI" / "SyntheticMRI.py"
@@ -346,95 +348,6 @@ def test_contrast_names_map_to_sequences():
         assert namespace["sequenceOf"](namespace["customContrastOf"](sequence)) == sequence
 
 
-def _ras_to_ijk(volume: Volume) -> np.ndarray:
-    return np.linalg.inv(volume.ijk_to_ras())
-
-
-def _slice_to_ras(normal_axis_ijk: int, volume: Volume, index_ijk) -> np.ndarray:
-    """A slice plane through (fractional) voxel ``index_ijk`` whose normal is IJK axis ``normal_axis_ijk``."""
-    ijk_to_ras = volume.ijk_to_ras()
-    columns = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-    order = [a for a in range(3) if a != normal_axis_ijk] + [normal_axis_ijk]
-    matrix = np.eye(4)
-    matrix[:3, :3] = columns[:, order]
-    matrix[:, 3] = ijk_to_ras @ np.array([*index_ijk, 1.0])
-    return matrix
-
-
-def _grid(direction) -> Volume:
-    return Volume(np.zeros((9, 11, 13), np.float32), (0.9, 1.1, 2.5), (12.5, -30.25, 7.0), tuple(np.ravel(direction)))
-
-
-def _rotation(x_deg: float, z_deg: float) -> np.ndarray:
-    a, b = math.radians(x_deg), math.radians(z_deg)
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    rz = np.array([[math.cos(b), -math.sin(b), 0], [math.sin(b), math.cos(b), 0], [0, 0, 1]])
-    return rz @ rx
-
-
-DIRECTIONS = {"axis-aligned": np.eye(3), "oblique-left-handed": _rotation(20, 35) @ np.diag([-1.0, 1.0, 1.0])}
-
-
-def _shown_voxels(plane: np.ndarray, volume: Volume) -> set:
-    """Brute force: the voxels (k, j, i) a view interpolates from, sampled densely over its plane."""
-    ras_to_ijk = _ras_to_ijk(volume)
-    extent = 2.0 * float(np.linalg.norm(np.array(volume.array.shape) * np.array(volume.spacing)))
-    u, v = np.meshgrid(np.linspace(-extent, extent, 801), np.linspace(-extent, extent, 801))
-    points = plane @ np.stack([u.ravel(), v.ravel(), np.zeros(u.size), np.ones(u.size)])
-    ijk = (ras_to_ijk @ points)[:3].T
-    ijk = ijk[((ijk > -1) & (ijk < np.array(volume.array.shape[::-1]))).all(axis=1)]
-    shown = set()
-    for corner in np.ndindex(2, 2, 2):  # trilinear neighbours
-        near = np.floor(ijk + 1e-9).astype(int) + np.array(corner)
-        near = near[((near >= 0) & (near < np.array(volume.array.shape[::-1]))).all(axis=1)]
-        shown.update(map(tuple, near[:, ::-1]))
-    return shown
-
-
-def _band(found) -> set:
-    axis, indices = found
-    voxels = set()
-    for band_index in np.ndindex(indices.shape):
-        position = list(band_index[1:])
-        position.insert(axis, int(indices[band_index]))
-        voxels.add(tuple(position))
-    return voxels
-
-
-@pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
-def test_plane_voxels_of_a_view_aligned_with_the_grid_are_one_slice(direction):
-    find = pure_namespace()["planeVoxels"]
-    volume = _grid(direction)
-    shape = volume.array.shape  # (k, j, i) = (9, 11, 13)
-    for axis_ijk, index in ((0, (7, 3, 4)), (1, (2, 9, 1)), (2, (5, 6, 8))):
-        plane = _slice_to_ras(axis_ijk, volume, index)
-        shifted = plane.copy()  # another point of the same plane
-        shifted[:3, 3] += 3.0 * plane[:3, 0] - 2.0 * plane[:3, 1]
-        flipped = plane @ np.diag([1.0, -1.0, -1.0, 1.0])  # the normal reversed
-        for view in (plane, shifted, flipped):
-            axis, indices = find(view, _ras_to_ijk(volume), shape)
-            assert axis == 2 - axis_ijk and indices.shape[0] == 1 and (indices == index[axis_ijk]).all()
-
-
-@pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
-@pytest.mark.parametrize("tilt", [(4, 0), (17, 25), (40, -30)])
-def test_plane_voxels_of_an_oblique_view_cover_what_it_shows(direction, tilt):
-    find = pure_namespace()["planeVoxels"]
-    volume = _grid(direction)
-    plane = _slice_to_ras(2, volume, (5.3, 6.1, 4.4))
-    plane[:3, :3] = _rotation(*tilt) @ plane[:3, :3]
-    found = find(plane, _ras_to_ijk(volume), volume.array.shape)
-    assert _shown_voxels(plane, volume) <= _band(found)
-    assert found[1].shape[0] <= 6  # a band, not the volume
-
-
-def test_plane_voxels_of_a_view_outside_the_volume_are_none():
-    find = pure_namespace()["planeVoxels"]
-    volume = _grid(np.eye(3))
-    assert find(_slice_to_ras(2, volume, (5, 6, 10)), _ras_to_ijk(volume), volume.array.shape) is None
-    assert find(_slice_to_ras(2, volume, (5, 6, -2)), _ras_to_ijk(volume), volume.array.shape) is None
-
-
 # --------------------------------------------------------------------------- the library inside the extension
 def test_every_library_file_is_listed_in_the_module_cmakelists():
     listed = cmake_list(MODULE_CMAKE.read_text(), "SyntheticMRILib_PYTHON_SCRIPTS")
@@ -514,6 +427,10 @@ def module(monkeypatch):
         def __init__(self, *args, **kwargs):
             pass
 
+    class TestBase(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            pass
+
     stubs = {
         "qt": types.ModuleType("qt"),
         "slicer.i18n": types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text),
@@ -522,7 +439,7 @@ def module(monkeypatch):
         ),
         "slicer.ScriptedLoadableModule": types.SimpleNamespace(
             ScriptedLoadableModule=Base, ScriptedLoadableModuleLogic=Base,
-            ScriptedLoadableModuleTest=Base, ScriptedLoadableModuleWidget=Base,
+            ScriptedLoadableModuleTest=TestBase, ScriptedLoadableModuleWidget=Base,
         ),
     }
     for name, stub in stubs.items():
@@ -566,9 +483,8 @@ def test_logic_previews_what_the_views_show(module, direction):
     ).copy()
 
     volume = slicer_volume(output)  # the node's grid as the library sees it
-    planes = [_slice_to_ras(2, volume, (6, 5, 4)), _slice_to_ras(0, volume, (7, 5, 4))]  # a k and an i slice
-    oblique = _slice_to_ras(1, volume, (6.2, 5.4, 4.1))
-    oblique[:3, :3] = _rotation(15, 20) @ oblique[:3, :3]
+    planes = [slice_to_ras(2, volume, (6, 5, 4)), slice_to_ras(0, volume, (7, 5, 4))]  # a k and an i slice
+    oblique = oblique_plane(volume, tilt=(15, 20), through=(6.2, 5.4, 4.1), normal_axis_ijk=1)
     slice_nodes = []
     for plane in planes + [oblique]:
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
@@ -586,23 +502,70 @@ def test_logic_previews_what_the_views_show(module, direction):
 
     logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output, sliceNodes=slice_nodes[2:])
     after = slicer.util.arrayFromVolume(output)
-    shown = tuple(np.array(sorted(_shown_voxels(oblique, volume))).T)
+    shown = tuple(np.array(sorted(shown_voxels(oblique, volume))).T)
     np.testing.assert_allclose(after[shown], reference[shown], rtol=1e-5, atol=1e-7)
     untouched = after == flair
     assert untouched.sum() > 0.5 * after.size  # a band around the plane, not the volume
 
 
+def test_logic_previews_the_views_of_the_layout_by_default_and_converts_the_maps_once(module):
+    """Without sliceNodes, the views laid out that show the output (matched by layout name, as Slicer does)."""
+    import slicer
+
+    logic = module.SyntheticMRILogic()
+    nodes = _map_nodes(np.eye(3))
+    output = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2-FLAIR", fused=False)
+    flair = slicer.util.arrayFromVolume(output).copy()
+    reference = slicer.util.arrayFromVolume(
+        logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False, name="reference")
+    ).copy()
+    volume = slicer_volume(output)
+    for name, plane, shows in (("Red", slice_to_ras(2, volume, (6, 5, 4)), output),
+                               ("Green", slice_to_ras(1, volume, (6, 8, 4)), nodes["t1"]),  # shows another volume
+                               ("Slice4", slice_to_ras(0, volume, (7, 5, 4)), output)):  # not in the layout
+        slice_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slice_node.SetLayoutName(name)
+        slice_node.SetMappedInLayout(name != "Slice4")
+        slicer.util.updateVTKMatrixFromArray(slice_node.GetSliceToRAS(), plane)
+        composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(name)
+        composite.SetBackgroundVolumeID(shows.GetID())
+    assert logic._cache.loads == 1  # two syntheses from the same maps: converted once
+    assert logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output) == 1
+    expected = flair.copy()
+    expected[4] = reference[4]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, rtol=1e-5, atol=1e-7)
+    assert logic._cache.loads == 1
+    nodes["t2"].GetImageData().Modified()  # an edited map is converted again
+    logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output)
+    assert logic._cache.loads == 2
+
+
+def test_the_module_self_test_passes_on_real_mrml(module):
+    """SyntheticMRITest, which Slicer runs as a ctest, headless: the bundled sample end to end."""
+    result = unittest.TestResult()
+    module.SyntheticMRITest().run(result)
+    assert result.testsRun == 1 and result.wasSuccessful(), result.errors + result.failures
+
+
 def test_logic_keeps_a_user_named_output_and_refuses_an_input_as_output(module):
+    import slicer
+    from SyntheticMRILib import slicer_bridge
+
     logic = module.SyntheticMRILogic()
     nodes = _map_nodes(np.eye(3))
     output = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False)
     assert output.GetName() == "Synthetic T1w"
     logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "STIR", outputNode=output, fused=False)
     assert output.GetName() == "Synthetic STIR"  # named by the module: follows the contrast
-    output.SetName("my contrast")
-    output.SetAttribute(module.AUTO_NAME_ATTRIBUTE, "0")
+    output.SetName("my contrast")  # renamed by the user (the Data module touches no attribute)
     logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2w", outputNode=output, fused=False)
     assert output.GetName() == "my contrast"
+    logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", outputNode=output, fused=False)
+    assert output.GetName() == "my contrast" and output.GetAttribute(module.PROTOCOL_ATTRIBUTE).startswith("se ")
+    fresh = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Volume")  # from "Create new volume"
+    assert logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "DIR", outputNode=fresh, fused=False).GetName() == "Synthetic DIR"
+    assert module.PROTOCOL_ATTRIBUTE == slicer_bridge.PROTOCOL_ATTRIBUTE  # the GUI's copy
     with pytest.raises(ValueError):
         logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2w", outputNode=nodes["t2"], fused=False)
 
@@ -616,7 +579,7 @@ def test_logic_previews_nothing_into_an_output_off_the_maps_grid(module):
     before = slicer.util.arrayFromVolume(output).copy()
     output.SetSpacing(2.0, 2.0, 2.0)  # same shape, another grid: voxel indices no longer match
     slice_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
-    slicer.util.updateVTKMatrixFromArray(slice_node.GetSliceToRAS(), _slice_to_ras(2, slicer_volume(output), (6, 5, 4)))
+    slicer.util.updateVTKMatrixFromArray(slice_node.GetSliceToRAS(), slice_to_ras(2, slicer_volume(output), (6, 5, 4)))
     protocol = logic.presetProtocol("T2w")
     assert logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], protocol, output, sliceNodes=[slice_node]) == 0
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(output), before)
