@@ -20,6 +20,7 @@ from .errors import InputError
 __all__ = ["Volume", "read_volume", "write_volume", "EXTENSIONS"]
 
 EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+_DETACHED = (".nhdr", ".mhd")
 PathLike = Union[str, os.PathLike]
 
 
@@ -96,11 +97,25 @@ def read_volume(path: PathLike) -> Volume:
 
 
 def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Path:
-    """Write ``volume`` (compressed where the format allows); refuse to replace a file unless ``overwrite``."""
+    """Write ``volume`` (compressed where the format allows); refuse to replace a file unless ``overwrite``.
+
+    Single-file formats appear whole or not at all: written under a temporary name
+    in the same folder and renamed, so a cancelled or killed run leaves no half file.
+    (Detached header formats, .nhdr and .mhd, name their data file inside the header
+    and are written in place.)
+    """
     path = Path(path)
     _check_extension(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(volume.to_image(), str(path), useCompression=True)
+    if str(path).lower().endswith(_DETACHED):
+        sitk.WriteImage(volume.to_image(), str(path), useCompression=True)
+        return path
+    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")  # same extension: same format
+    try:
+        sitk.WriteImage(volume.to_image(), str(partial), useCompression=True)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

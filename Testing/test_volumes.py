@@ -11,7 +11,7 @@ from SyntheticMRILib.volumes import Volume, read_volume, write_volume
 from conftest import make_maps
 
 
-@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz", ".nii"])
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz", ".nii", ".nhdr", ".mhd"])
 def test_oblique_left_handed_round_trip(tmp_path, suffix):
     volume = make_maps()["t1"]
     back = read_volume(write_volume(volume, tmp_path / f"v{suffix}"))
@@ -59,3 +59,17 @@ def test_vector_image_is_refused(tmp_path):
     sitk.WriteImage(image, str(tmp_path / "vec.nrrd"))
     with pytest.raises(InputError, match="components"):
         read_volume(tmp_path / "vec.nrrd")
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    """A write that dies half way (killed, disk full) must not leave a partial volume behind."""
+    volume = make_maps()["t1"]
+
+    def broken_write(image, filename, useCompression=False):
+        open(filename, "wb").write(b"NRRD0004\nhalf")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken_write)
+    with pytest.raises(RuntimeError):
+        write_volume(volume, tmp_path / "t1.nrrd")
+    assert list(tmp_path.iterdir()) == []
