@@ -7,7 +7,8 @@ has been installed with the user's consent.
 Console use (more in the README): ``logic = SyntheticMRILogic(); logic.ensureDependencies()``, then
 ``logic.synthesize(t1Node, t2Node, pdNode, "T2-FLAIR")`` or with ``logic.protocol("Custom double IR", tr=..., ...)``.
 
-Long work (segmentation, training) will run out of process via PythonSlicer; synthesis is sub-second.
+Long work runs out of process via PythonSlicer (SyntheticMRILib.batch: study folders now, segmentation and training
+next; its run_batch_process blocks, for the console); synthesis of one volume is sub-second and runs in process.
 """
 import importlib.util
 import logging
@@ -149,6 +150,7 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastUpdateKey = None  # what the output volume was last computed from
         self._resetWindowLevel = False  # a new contrast was picked: window the next result afresh
         self._handlingModified = False
+        self._batchProcess = None  # the qt.QProcess of a running batch
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -169,6 +171,13 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slider.connect("valueIsChanging(double)", lambda value, name=name: self.onSliderMoving(name, value))
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.applyButton.connect("clicked(bool)", lambda: self._synthesizeVolume(interactive=True))
+        self.ui.batchPresetList.addItems(list(PRESET_SEQUENCES))
+        self.ui.batchInputPathLineEdit.connect("currentPathChanged(QString)", self._updateBatchButtons)
+        self.ui.batchOutputPathLineEdit.connect("currentPathChanged(QString)", self._updateBatchButtons)
+        self.ui.batchPresetList.connect("itemSelectionChanged()", self._updateBatchButtons)
+        self.ui.batchRunButton.connect("clicked(bool)", self.onBatchRun)
+        self.ui.batchCancelButton.connect("clicked(bool)", self.onBatchCancel)
+        self._updateBatchButtons()
         # Zero-interval single-shot timers coalesce a burst of events into one computation.
         self._previewTimer, self._updateTimer = qt.QTimer(), qt.QTimer()
         for timer, callback in ((self._previewTimer, self._runPreview), (self._updateTimer, self._synthesizeVolume)):
@@ -180,6 +189,9 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self._previewTimer.stop()
         self._updateTimer.stop()
+        if self._batchProcess is not None:  # module reloaded or Slicer closing: the child stops with its stdin
+            self._batchProcess.closeWriteChannel()
+            self._batchProcess.kill()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -366,6 +378,76 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.t1Volume, p.t2Volume, p.pdVolume, protocol, p.outputVolume, units=p.units, device=p.device)
         except Exception as error:  # a preview never interrupts a drag with a dialog
             logging.debug(f"SyntheticMRI: preview skipped ({error})")
+
+    def _batchRequest(self) -> Tuple[str, str, List[str]]:
+        presets = [item.text() for item in self.ui.batchPresetList.selectedItems()]
+        return self.ui.batchInputPathLineEdit.currentPath, self.ui.batchOutputPathLineEdit.currentPath, presets
+
+    def _updateBatchButtons(self, *unused) -> None:
+        running, (study, output, presets) = self._batchProcess is not None, self._batchRequest()
+        self.ui.batchRunButton.enabled = not running and bool(study and output and presets)
+        self.ui.batchCancelButton.enabled = running
+        for widget in (self.ui.batchInputPathLineEdit, self.ui.batchOutputPathLineEdit, self.ui.batchPresetList,
+                       self.ui.batchOverwriteCheckBox):
+            widget.enabled = not running
+
+    def onBatchRun(self) -> None:
+        """The selected presets for every subject, in a PythonSlicer process reporting on stdout; nothing waits."""
+        if self._batchProcess is not None or not self.logic.ensureDependencies():
+            return
+        batch, p, (study, output, presets) = library("batch"), self._parameterNode, self._batchRequest()
+        argv = batch.batch_command(batch.slicer_python(), study, presets, output, units=p.units, device=p.device,
+                                   overwrite=self.ui.batchOverwriteCheckBox.checked)
+        process = self._batchProcess = qt.QProcess()
+        # PYTHONPATH leads the child to this SyntheticMRILib: the module's folder installed, the repository checked out.
+        process.setEnvironment([f"{name}={value}" for name, value in batch.child_environment().items()])
+        process.connect("readyReadStandardOutput()", self._onBatchOutput)
+        process.connect("finished(int,QProcess::ExitStatus)", self._onBatchFinished)
+        process.connect("errorOccurred(QProcess::ProcessError)", lambda error: error == qt.QProcess.FailedToStart and (
+            self._onBatchFinished(-1, 1, _("could not start {program}").format(program=argv[0]))))  # no finished() then
+        self._batchLines, self._batchMessages, self._batchCancelled, self._batchOutput = batch.LineBuffer(), [], False, output
+        self.ui.batchProgressBar.maximum = 0  # busy until the first progress line: the child imports torch first
+        self.ui.batchStatusLabel.text = _("Starting...")
+        self._updateBatchButtons()
+        process.start(argv[0], argv[1:])
+
+    def _onBatchOutput(self, final: bool = False) -> None:
+        batch, lines = library("batch"), self._batchLines.feed(self._batchProcess.readAllStandardOutput())
+        for line in lines + (self._batchLines.flush() if final else []):
+            progress = batch.parse_progress(line)
+            if progress is None:  # e.g. "sub-03: skipped: ..."
+                self._batchMessages.append(line)
+                logging.info(f"SyntheticMRI batch: {line}")
+            elif progress[2]:
+                self.ui.batchProgressBar.maximum, self.ui.batchProgressBar.value = progress[1], progress[0]
+                self.ui.batchStatusLabel.text = _("{subject} ({number} of {total})").format(
+                    subject=progress[2], number=progress[0] + 1, total=progress[1])
+
+    def onBatchCancel(self) -> None:
+        """Close the child's stdin: it stops within a second, dropping the file it was writing. QProcess.kill() alone
+        would not do: PythonSlicer is a launcher running python-real as its own child, and kill() ends the launcher
+        only; hence the child's watch on its stdin (SyntheticMRILib.batch). kill() follows for a hung launcher."""
+        if self._batchProcess is not None:
+            self._batchCancelled = True
+            self.ui.batchStatusLabel.text = _("Cancelling...")
+            self._batchProcess.closeWriteChannel()
+            qt.QTimer.singleShot(5000, self._batchProcess.kill)  # a no-op once it has finished
+
+    def _onBatchFinished(self, exitCode, exitStatus, problem: Optional[str] = None) -> None:
+        batch, bar = library("batch"), self.ui.batchProgressBar
+        self._onBatchOutput(final=True)
+        stderr, self._batchProcess, bar.maximum = self._batchProcess.readAllStandardError(), None, max(bar.maximum, 1)
+        if problem is None and exitStatus == 0 and exitCode == 0:
+            bar.value, status = bar.maximum, _("Done: written under {output}.").format(output=self._batchOutput)
+        elif self._batchCancelled:
+            batch.remove_partial_files(self._batchOutput)  # left only where the child was killed while writing
+            status = _("Cancelled: the volumes written so far are complete.")
+        else:
+            error = problem or batch.error_line(stderr) or _("exit code {code}").format(code=exitCode)
+            logging.error(f"SyntheticMRI batch: {error}")
+            status = "\n".join([_("Failed: {error}").format(error=error)] + self._batchMessages)
+        self.ui.batchStatusLabel.text = status
+        self._updateBatchButtons()
 
 
 class SyntheticMRILogic(ScriptedLoadableModuleLogic):

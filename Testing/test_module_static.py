@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 import types
 import unittest
 import xml.etree.ElementTree as ET
@@ -29,6 +32,7 @@ from SyntheticMRILib.devices import DEVICES
 from SyntheticMRILib.maps import UNITS
 from SyntheticMRILib.protocols import PRESETS, SEQUENCES
 from SyntheticMRILib.volumes import Volume
+from test_batch_process import big_study, write_study  # noqa: F401  (big_study: a fixture)
 from test_preview import DIRECTIONS, oblique_plane, shown_voxels, slice_to_ras
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +52,10 @@ UI_ROOT = ET.parse(UI).getroot()
 # without any download. torch, numpy, SyntheticMRILib & co. load inside methods, after the install dialog.
 GUI_MODULES = {"qt", "ctk", "vtk", "slicer"}
 MRML_MODULES = {"qt", "ctk", "slicer", "vtk"}  # what the library keeps to slicer_bridge.py
-INPUT_WIDGETS = {"ctkSliderWidget", "qMRMLNodeComboBox", "QComboBox", "QPushButton", "QCheckBox"}
+INPUT_WIDGETS = {"ctkSliderWidget", "qMRMLNodeComboBox", "QComboBox", "QPushButton", "QCheckBox", "ctkPathLineEdit", "QListWidget"}
+# The signal each kind of input widget the module reads must be connected to (the rest are read when a button is pressed).
+WIRED_SIGNALS = {"QPushButton": "clicked(bool)", "ctkPathLineEdit": "currentPathChanged(QString)",
+                 "QListWidget": "itemSelectionChanged()"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -185,17 +192,17 @@ def test_module_has_the_four_classes_and_a_parameter_node():
     assert "SyntheticMRIParameterNode" in classes
 
 
-def test_module_notes_where_long_work_will_run():
-    assert "Long work (segmentation, training) will run out of process via PythonSlicer; synthesis is sub-second." in SOURCE
+def test_module_notes_where_long_work_runs():
+    assert "Long work runs out of process via PythonSlicer (SyntheticMRILib.batch" in SOURCE
 
 
 # --------------------------------------------------------------------------- the .ui file
-def test_ui_is_a_qmrmlwidget_with_the_four_sections():
+def test_ui_is_a_qmrmlwidget_with_the_five_sections():
     assert UI_ROOT.tag == "ui"
     top = UI_ROOT.find("widget")
     assert top.get("class") == "qMRMLWidget" and top.get("name") == UI_ROOT.findtext("class")
     sections = [ui_property(w, "text") for w in UI_ROOT.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Inputs", "Contrast", "Output", "Advanced"]
+    assert sections == ["Inputs", "Contrast", "Output", "Batch", "Advanced"]
 
 
 def test_ui_object_names_are_unique_and_custom_widgets_declared():
@@ -239,6 +246,42 @@ def test_ui_sliders_do_not_track():
 def test_every_ui_name_the_module_uses_exists():
     missing = ui_references() - set(ui_widgets())
     assert not missing, f"self.ui names missing from the .ui: {sorted(missing)}"
+
+
+def ui_connections() -> dict:
+    """objectName -> the signals the module connects with ``self.ui.<name>.connect("<signal>", ...)``."""
+    connected: dict = {}
+    for node in ast.walk(TREE):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                and isinstance(node.func.value, ast.Attribute) and ast.unparse(node.func.value.value) == "self.ui"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            connected.setdefault(node.func.value.attr, set()).add(node.args[0].value)
+    return connected
+
+
+def test_every_button_path_and_list_is_wired():
+    connected, bound = ui_connections(), {w.get("name") for w in bound_parameters().values()}
+    for name, widget in ui_widgets().items():
+        signal = WIRED_SIGNALS.get(widget.get("class"))
+        if signal and name not in bound:
+            assert signal in connected.get(name, set()), f"{name} is never connected to {signal}"
+
+
+def test_batch_section_picks_folders_and_several_presets():
+    widgets = ui_widgets()
+    section = next(w for w in widgets.values() if w.get("class") == "ctkCollapsibleButton" and ui_property(w, "text") == "Batch")
+    inside = {w.get("name"): w.get("class") for w in section.iter("widget")}
+    assert {name: inside.get(name) for name in ("batchInputPathLineEdit", "batchOutputPathLineEdit", "batchPresetList",
+            "batchOverwriteCheckBox", "batchRunButton", "batchCancelButton", "batchProgressBar", "batchStatusLabel")} == {
+        "batchInputPathLineEdit": "ctkPathLineEdit", "batchOutputPathLineEdit": "ctkPathLineEdit",
+        "batchPresetList": "QListWidget", "batchOverwriteCheckBox": "QCheckBox", "batchRunButton": "QPushButton",
+        "batchCancelButton": "QPushButton", "batchProgressBar": "QProgressBar", "batchStatusLabel": "QLabel"}
+    for name in ("batchInputPathLineEdit", "batchOutputPathLineEdit"):
+        filters = ui_property(widgets[name], "filters").split("|")
+        assert "ctkPathLineEdit::Dirs" in filters and "ctkPathLineEdit::Files" not in filters, name
+    assert ui_property(widgets["batchPresetList"], "selectionMode") in ("QAbstractItemView::MultiSelection",
+                                                                         "QAbstractItemView::ExtendedSelection")
+    assert "self.ui.batchPresetList.addItems(list(PRESET_SEQUENCES))" in SOURCE  # the library's preset names
 
 
 def test_every_input_widget_is_used_or_bound():
@@ -730,6 +773,171 @@ def test_widget_applies_presets_keeps_bounds_and_marks_edited_presets_custom(mod
     assert (ui.trSlider.value, ui.tiSlider.value, ui.tiSlider.maximum) == (2000.0, 1500.0, 2000.0 - module.GAP_MS)
     assert not parameters.clipped, f"the GUI clipped values the parameter node kept: {parameters.clipped}"
     assert ui.applyButton.enabled is False  # no maps selected
+
+
+# --------------------------------------------------------------------------- the widget's batch, out of process
+class FakeQProcess:
+    """qt.QProcess as the module uses it, over subprocess. Like QProcess, kill() ends the direct child only.
+    pump() delivers readyReadStandardOutput (raw chunks, cut anywhere) and finished, as Qt's event loop would."""
+
+    FailedToStart = 0
+    NotRunning = 0
+
+    def __init__(self):
+        self.slots, self.environment, self.popen, self.chunks, self.stderr = {}, None, None, [], b""
+
+    def connect(self, signal, slot):
+        self.slots[signal] = slot
+
+    def setEnvironment(self, pairs):
+        self.environment = dict(pair.split("=", 1) for pair in pairs)
+
+    def start(self, program, arguments):
+        try:
+            self.popen = subprocess.Popen([program, *arguments], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, env=self.environment)
+        except OSError:
+            self.slots["errorOccurred(QProcess::ProcessError)"](self.FailedToStart)
+            return
+        self.readers = [threading.Thread(target=self._read, args=(stream, out), daemon=True)
+                        for stream, out in ((self.popen.stdout, self.chunks), (self.popen.stderr, None))]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, stream, out):
+        while True:
+            chunk = os.read(stream.fileno(), 7)  # small reads: lines arrive in pieces
+            if not chunk:
+                return
+            if out is None:
+                self.stderr += chunk
+            else:
+                out.append(chunk)
+
+    def readAllStandardOutput(self):
+        data, self.chunks[:] = b"".join(self.chunks), []
+        return types.SimpleNamespace(data=lambda: data)  # a QByteArray
+
+    def readAllStandardError(self):
+        return types.SimpleNamespace(data=lambda: self.stderr)
+
+    def closeWriteChannel(self):
+        self.popen.stdin.close()
+
+    def kill(self):
+        if self.popen.poll() is None:
+            self.popen.kill()
+
+    def pump(self, until=lambda: False, timeout=60.0):
+        """Deliver signals until ``until()`` or the end of the process; True when it finished."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            finished = self.popen.poll() is not None and not any(r.is_alive() for r in self.readers)
+            if self.chunks:
+                self.slots["readyReadStandardOutput()"]()
+            if finished:
+                self.popen.stdin.close()
+                code = self.popen.returncode
+                self.slots["finished(int,QProcess::ExitStatus)"](max(code, 0), 0 if code >= 0 else 1)
+                return True
+            if until():
+                return False
+            time.sleep(0.01)
+        raise AssertionError("the batch process did not finish in time")
+
+
+class FakeItem:
+    def __init__(self, text):
+        self._text = text
+
+    def text(self):
+        return self._text
+
+
+def batch_widget(module, monkeypatch):
+    """The module's widget with stand-ins for the Batch section's widgets (checked against the .ui) and for qt."""
+    names = ("batchInputPathLineEdit", "batchOutputPathLineEdit", "batchPresetList", "batchOverwriteCheckBox",
+             "batchRunButton", "batchCancelButton", "batchProgressBar", "batchStatusLabel")
+    ui = types.SimpleNamespace(**{name: types.SimpleNamespace(enabled=True, currentPath="", checked=False, maximum=100,
+                                                              value=0, text="") for name in names})
+    assert set(vars(ui)) <= set(ui_widgets())
+    ui.batchPresetList.selected = []
+    ui.batchPresetList.selectedItems = lambda: [FakeItem(t) for t in ui.batchPresetList.selected]
+    widget = module.SyntheticMRIWidget()
+    module.SyntheticMRIWidget.__init__(widget)
+    widget.ui, widget.logic = ui, module.SyntheticMRILogic()
+    widget._parameterNode = types.SimpleNamespace(units="ms", device="cpu")
+    timers = []
+    monkeypatch.setattr(module.qt, "QProcess", FakeQProcess, raising=False)
+    monkeypatch.setattr(module.qt, "QTimer", types.SimpleNamespace(singleShot=lambda ms, f: timers.append((ms, f))),
+                        raising=False)
+    widget._updateBatchButtons()
+    return widget, ui, timers
+
+
+def test_widget_runs_a_batch_out_of_process_and_reports_it(module, monkeypatch, tmp_path):
+    widget, ui, _ = batch_widget(module, monkeypatch)
+    assert not ui.batchRunButton.enabled and not ui.batchCancelButton.enabled  # nothing chosen yet
+    study, out = write_study(tmp_path / "study", subjects=2), tmp_path / "out"
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(study), str(out)
+    widget._updateBatchButtons()
+    assert not ui.batchRunButton.enabled  # no preset
+    ui.batchPresetList.selected = ["T1w", "DIR"]
+    widget._updateBatchButtons()
+    assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+    widget.onBatchRun()
+    process = widget._batchProcess
+    assert process.environment["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    assert not ui.batchRunButton.enabled and ui.batchCancelButton.enabled and not ui.batchPresetList.enabled
+    assert ui.batchProgressBar.maximum == 0  # busy until the child reports
+    widget.onBatchRun()  # a second click while running starts nothing
+    assert widget._batchProcess is process
+    assert process.pump()
+    assert ui.batchStatusLabel.text == f"Done: written under {out}."
+    assert (ui.batchProgressBar.value, ui.batchProgressBar.maximum) == (2, 2)
+    assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled and ui.batchPresetList.enabled
+    assert sorted(p.name for p in out.rglob("*.nrrd")) == ["DIR.nrrd", "DIR.nrrd", "T1w.nrrd", "T1w.nrrd"]
+
+    widget.onBatchRun()  # again, without "Replace existing files": every subject is refused
+    widget._batchProcess.pump()
+    status = ui.batchStatusLabel.text.splitlines()
+    assert status[0].startswith("Failed: syntheticmri: error: 2 subject(s) skipped: sub-00, sub-01")
+    assert status[1].startswith("sub-00: skipped:") and "already exists" in status[1]
+    ui.batchOverwriteCheckBox.checked = True
+    widget.onBatchRun()
+    widget._batchProcess.pump()
+    assert ui.batchStatusLabel.text.startswith("Done")
+
+
+def test_widget_cancel_stops_the_batch_and_the_buttons_follow(module, monkeypatch, big_study, tmp_path):
+    widget, ui, timers = batch_widget(module, monkeypatch)
+    out = tmp_path / "out"
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(big_study), str(out)
+    ui.batchPresetList.selected = ["T2w"]
+    widget.onBatchRun()
+    process = widget._batchProcess
+    assert not process.pump(until=lambda: ui.batchProgressBar.maximum > 0)
+    assert re.fullmatch(r"sub-(\d\d) \((\d+) of 40\)", ui.batchStatusLabel.text)  # "sub-00 (1 of 40)" unless slow
+    cancelled = time.monotonic()
+    widget.onBatchCancel()
+    assert ui.batchStatusLabel.text == "Cancelling..." and [ms for ms, _ in timers] == [5000]
+    assert process.pump(timeout=5.0) and time.monotonic() - cancelled < 5.0  # stopped through its stdin, no kill
+    assert ui.batchStatusLabel.text == "Cancelled: the volumes written so far are complete."
+    assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert len(written) < 40 and set(written) <= {"T2w.nrrd"}  # no partial file
+
+
+def test_widget_reports_a_python_that_does_not_start(module, monkeypatch, tmp_path):
+    from SyntheticMRILib import batch
+
+    widget, ui, _ = batch_widget(module, monkeypatch)
+    monkeypatch.setattr(batch, "slicer_python", lambda: str(tmp_path / "PythonSlicer"))
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(tmp_path), str(tmp_path / "o")
+    ui.batchPresetList.selected = ["T1w"]
+    widget.onBatchRun()
+    assert ui.batchStatusLabel.text == f"Failed: could not start {tmp_path / 'PythonSlicer'}"
+    assert widget._batchProcess is None and ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
 
 
 # --------------------------------------------------------------------------- CMake, against a stub Slicer
