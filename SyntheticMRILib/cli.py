@@ -65,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     demo.add_argument("--device", choices=DEVICES, default="auto")
+
+    phantom = commands.add_parser("phantom", help="multi-subject brain phantoms (T1/T2/PD maps + labels) for training and testing")
+    phantom.add_argument("--split", choices=("train", "val", "test", "external"), help="which split to generate")
+    phantom.add_argument("--count", type=int, default=1, help="number of subjects")
+    phantom.add_argument("--seed", type=int, default=0, help="split seed (subjects differ across splits and indices)")
+    phantom.add_argument("-o", "--output", type=Path, help="output folder: <subject>/{t1,t2,pd,labels}.nrrd + manifest.json")
+    phantom.add_argument("--field", type=float, choices=(1.5, 3.0), help="field strength, T (default: 3 internal, 1.5 external)")
+    phantom.add_argument("--lesions", default="none", help="none, mixed, or a lesion kind (ms, tumour, ...)")
+    phantom.add_argument("--resolution", type=float, default=1.0, help="voxel size, mm (default 1)")
+    phantom.add_argument("--sources", help="comma-separated anatomy sources for train/val/test (default: sample)")
+    phantom.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    phantom.add_argument("--report", type=Path, metavar="DIR", help="write report.png and report.md for a generated folder")
+    phantom.add_argument("--fetch-sources", nargs="*", metavar="NAME", help="download anatomy sources once (default: all)")
     return parser
 
 
@@ -142,7 +155,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out, pick_device(args.device))
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo}
+def cmd_phantom(args: argparse.Namespace) -> None:
+    from .phantoms import phantom_command
+
+    phantom_command(args)
+
+
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
