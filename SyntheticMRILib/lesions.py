@@ -142,7 +142,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .phantom import _distance_outside, aparc_to_aseg, gaussian_smooth, smooth_random_field
+from .phantom import distance_outside, aparc_to_aseg, gaussian_smooth, smooth_random_field
 from .tissues import FIELD_STRENGTHS, relaxation
 from .volumes import Volume
 
@@ -349,7 +349,7 @@ class _Grid:
         key = tuple(values)
         if key not in self._distances:
             mask = self.coarse_in(values)
-            self._distances[key] = _distance_outside(mask, tuple(self.coarse_step[::-1]))
+            self._distances[key] = distance_outside(mask, tuple(self.coarse_step[::-1]))
         return self._distances[key]
 
     def box(self, centre_mm: np.ndarray, half_mm: np.ndarray) -> Tuple[slice, slice, slice]:
@@ -628,7 +628,7 @@ def _tumour(grid: _Grid, rng: np.random.Generator, t1, t2, pd, mask, field: floa
 
     # oedema: in white matter only, decaying with distance from the tumour
     wm_inside, wm_soft = grid.allowed(box, OEDEMA_SITES)
-    distance = _distance_outside(solid_mask, grid.itk_spacing)
+    distance = distance_outside(solid_mask, grid.itk_spacing)
     decay = np.float32(reach_oedema) * np.clip(1 + 0.5 * grid.field(box, seeds[2], 20.0), 0.3, 2.0)
     rise = np.float32(d_oedema) * np.exp(-distance / decay) * wm_soft
     rise[rise < 0.02] = 0  # oedema below a 2 % water rise is left out (and so is not in the mask)

@@ -49,7 +49,7 @@ __all__ = [
     "Layer", "HeadModel", "MapVariation",
     "aparc_to_aseg", "physical_coordinates", "smooth_random_field", "gaussian_smooth",
     "pad_volume", "crop_volume", "foreground_box", "crop_to_foreground",
-    "add_head_layers", "tissue_index", "mix_partial_volume", "tissue_maps",
+    "add_head_layers", "distance_outside", "tissue_index", "mix_partial_volume", "tissue_maps",
 ]
 
 CSF_EXTRACEREBRAL = 257
@@ -312,7 +312,7 @@ class HeadModel:
         return self.csf.high + self.skull.high + self.muscle.high + self.temporalis_mm + self.fat.high + self.skin.high
 
 
-def _distance_outside(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def distance_outside(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """Euclidean distance (mm) from each voxel centre to the nearest voxel of ``mask`` (0 inside)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing))
@@ -326,8 +326,8 @@ def _closing(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np
     """Morphological closing with a ball of ``radius_mm`` (exact Euclidean, via distance maps)."""
     if radius_mm <= 0:
         return mask.copy()
-    dilated = _distance_outside(mask, spacing) <= radius_mm
-    return _distance_outside(~dilated, spacing) > radius_mm
+    dilated = distance_outside(mask, spacing) <= radius_mm
+    return distance_outside(~dilated, spacing) > radius_mm
 
 
 def _superior_axis(volume: Volume) -> Tuple[int, int]:
@@ -405,7 +405,7 @@ def add_head_layers(
     brain = out > 0
 
     closed = _closing(brain, spacing, model.sulcal_closing_mm) | brain
-    distance = _distance_outside(closed, spacing)
+    distance = distance_outside(closed, spacing)
 
     fields = [smooth_random_field(grid, (*np.atleast_1d(seed).tolist(), 1, n), model.wavelength_mm) for n in range(5)]
     temporal = _temporal_weight(grid, brain) if (model.temporalis_mm > 0 or model.temporal_thinning_mm > 0) else 0.0
