@@ -28,17 +28,7 @@ from SyntheticMRILib.preview import plane_voxels, synthesize_planes
 from SyntheticMRILib.protocols import preset
 from SyntheticMRILib.synthesis import synthesize_volume
 
-
-def best_ms(fn, repeat: int, sync=lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+from physics import best_ms  # benchmarks/physics.py: one timing rule for every table
 
 
 def rotation(x_deg: float, z_deg: float) -> np.ndarray:
