@@ -39,7 +39,7 @@ from .errors import InputError
 from .maps import load_maps
 from .protocols import Preset
 from .synthesis import synthesize_volume
-from .volumes import EXTENSIONS, PathLike, write_volume
+from .volumes import EXTENSIONS, PathLike, check_output, write_volume
 
 __all__ = [
     "find_subjects", "synthesize_subjects", "batch_command", "parse_progress", "run_batch_process", "slicer_python",
@@ -102,9 +102,8 @@ def synthesize_subjects(
             progress(done, len(subjects), folder.name)
         try:
             targets = {p.name: Path(output) / folder.name / f"{p.name}.nrrd" for p in presets}
-            existing = [str(t) for t in targets.values() if t.exists()]
-            if existing and not overwrite:
-                raise InputError(f"{existing[0]} already exists; pass --overwrite to replace it")
+            for target in targets.values():
+                check_output(target, overwrite)
             maps = load_maps(*(_map_file(folder, name) for name in MAP_NAMES), units=units)
             t1, t2, pd = maps.tensors(device)
             for preset in presets:

@@ -20,7 +20,7 @@ from .errors import InputError
 from .maps import UNITS, Maps, load_maps
 from .protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
 from .synthesis import synthesize_volume
-from .volumes import EXTENSIONS, write_volume
+from .volumes import EXTENSIONS, check_output, write_volume
 
 SEQUENCE_CHOICES = sorted(SEQUENCES) + sorted(NULLED_IR)
 
@@ -100,16 +100,9 @@ def _synthesize(maps: Maps, protocol: Protocol, device: torch.device, fused: boo
         raise InputError(f"out of memory on {device} for a {maps.t1.shape} volume; try --device cpu") from None
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
-
-
 def cmd_synth(args: argparse.Namespace) -> None:
     protocol = _protocol(args)
-    if not str(args.output).lower().endswith(EXTENSIONS):
-        raise InputError(f"{args.output}: unsupported file type; use one of {', '.join(EXTENSIONS)}")
-    _refuse_existing(args.output, args.overwrite)  # before any work, so nothing is lost
+    check_output(args.output, args.overwrite)  # before any work, so nothing is lost
     device = pick_device(args.device)
     maps = load_maps(args.t1, args.t2, args.pd, args.units)
     for note in maps.notes:

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
-__all__ = ["Volume", "read_volume", "write_volume", "EXTENSIONS"]
+__all__ = ["Volume", "read_volume", "write_volume", "check_output", "EXTENSIONS"]
 
 EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 _DETACHED = (".nhdr", ".mhd")
@@ -96,6 +96,18 @@ def read_volume(path: PathLike) -> Volume:
     return Volume.from_image(image)
 
 
+def check_output(path: PathLike, overwrite: bool = False) -> Path:
+    """Raise :class:`InputError` unless ``path`` is a writable volume type and free (or ``overwrite``).
+
+    Callers run it before any work too, so that a refused output costs nothing.
+    """
+    path = Path(path)
+    _check_extension(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+    return path
+
+
 def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Path:
     """Write ``volume`` (compressed where the format allows); refuse to replace a file unless ``overwrite``.
 
@@ -104,10 +116,7 @@ def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Pat
     (Detached header formats, .nhdr and .mhd, name their data file inside the header
     and are written in place.)
     """
-    path = Path(path)
-    _check_extension(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+    path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     if str(path).lower().endswith(_DETACHED):
         sitk.WriteImage(volume.to_image(), str(path), useCompression=True)
