@@ -7,8 +7,9 @@ has been installed with the user's consent.
 Console use (more in the README): ``logic = SyntheticMRILogic(); logic.ensureDependencies()``, then
 ``logic.synthesize(t1Node, t2Node, pdNode, "T2-FLAIR")`` or with ``logic.protocol("Custom double IR", tr=..., ...)``.
 
-Long work runs out of process via PythonSlicer (SyntheticMRILib.batch: study folders now, segmentation and training
-next; its run_batch_process blocks, for the console); synthesis of one volume is sub-second and runs in process.
+Long work runs out of process via PythonSlicer (SyntheticMRILib.batch: study folders, segmentation, the learned
+contrasts; ChildJob below reads its progress; run_batch_process blocks, for the console); synthesis of one volume is
+sub-second and runs in process.
 """
 import importlib.util
 import logging
@@ -44,9 +45,10 @@ CONTRASTS = tuple(PRESET_SEQUENCES) + tuple(CUSTOM_SEQUENCES)
 UNITS = ("ms", "s")
 DEVICES = ("auto", "cpu", "cuda")
 # Requirements as in pyproject.toml (checked by the static tests). numpy and SimpleITK ship with Slicer;
-# tqdm and matplotlib serve the library's extras (progress bars, figures) and are installed on demand.
+# tqdm, matplotlib, monai and scipy serve the library's extras (progress bars, figures, the segmenter) and are
+# installed on demand.
 TORCH_MINIMUM = (2, 1)
-EXTRA_REQUIREMENTS = {"tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.5"}
+EXTRA_REQUIREMENTS = {"tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.5", "monai": "monai>=1.3", "scipy": "scipy>=1.9"}
 
 # Slider ranges (ms, degrees); parameterBounds() also keeps TE < TR, TI < TR and TI2 < TI, strict by GAP_MS
 # (the minima leave room for it). Spoiled gradient echo is used below 90 degrees; Protocol accepts up to 180.
@@ -150,7 +152,8 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastUpdateKey = None  # what the output volume was last computed from
         self._resetWindowLevel = False  # a new contrast was picked: window the next result afresh
         self._handlingModified = False
-        self._batchProcess = None  # the qt.QProcess of a running batch
+        self._batchJob = None  # the ChildJob of a running batch
+        self._segmentationJob = None  # the ChildJob of a running segmentation or learned-contrast synthesis
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -178,6 +181,10 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchRunButton.connect("clicked(bool)", self.onBatchRun)
         self.ui.batchCancelButton.connect("clicked(bool)", self.onBatchCancel)
         self._updateBatchButtons()
+        self.ui.segmentButton.connect("clicked(bool)", lambda: self.onMapsJob("segment"))
+        self.ui.learnedContrastButton.connect("clicked(bool)", lambda: self.onMapsJob("contrast"))
+        self.ui.segmentationCancelButton.connect("clicked(bool)", lambda: self._segmentationJob and self._segmentationJob.cancel())
+        self._updateSegmentationButtons()
         # Zero-interval single-shot timers coalesce a burst of events into one computation.
         self._previewTimer, self._updateTimer = qt.QTimer(), qt.QTimer()
         for timer, callback in ((self._previewTimer, self._runPreview), (self._updateTimer, self._synthesizeVolume)):
@@ -189,9 +196,9 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self._previewTimer.stop()
         self._updateTimer.stop()
-        if self._batchProcess is not None:  # module reloaded or Slicer closing: the child stops with its stdin
-            self._batchProcess.closeWriteChannel()
-            self._batchProcess.kill()
+        for job in (self._batchJob, self._segmentationJob):  # module reloaded or Slicer closing
+            if job is not None:
+                job.kill()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -384,7 +391,7 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.ui.batchInputPathLineEdit.currentPath, self.ui.batchOutputPathLineEdit.currentPath, presets
 
     def _updateBatchButtons(self, *unused) -> None:
-        running, (study, output, presets) = self._batchProcess is not None, self._batchRequest()
+        running, (study, output, presets) = self._batchJob is not None, self._batchRequest()
         self.ui.batchRunButton.enabled = not running and bool(study and output and presets)
         self.ui.batchCancelButton.enabled = running
         for widget in (self.ui.batchInputPathLineEdit, self.ui.batchOutputPathLineEdit, self.ui.batchPresetList,
@@ -393,61 +400,140 @@ class SyntheticMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onBatchRun(self) -> None:
         """The selected presets for every subject, in a PythonSlicer process reporting on stdout; nothing waits."""
-        if self._batchProcess is not None or not self.logic.ensureDependencies():
+        if self._batchJob is not None or not self.logic.ensureDependencies():
             return
         batch, p, (study, output, presets) = library("batch"), self._parameterNode, self._batchRequest()
         argv = batch.batch_command(batch.slicer_python(), study, presets, output, units=p.units, device=p.device,
                                    overwrite=self.ui.batchOverwriteCheckBox.checked)
-        process = self._batchProcess = qt.QProcess()
-        # PYTHONPATH leads the child to this SyntheticMRILib: the module's folder installed, the repository checked out.
-        process.setEnvironment([f"{name}={value}" for name, value in batch.child_environment().items()])
-        process.connect("readyReadStandardOutput()", self._onBatchOutput)
-        process.connect("finished(int,QProcess::ExitStatus)", self._onBatchFinished)
-        process.connect("errorOccurred(QProcess::ProcessError)", lambda error: error == qt.QProcess.FailedToStart and (
-            self._onBatchFinished(-1, 1, _("could not start {program}").format(program=argv[0]))))  # no finished() then
-        self._batchLines, self._batchMessages, self._batchCancelled, self._batchOutput = batch.LineBuffer(), [], False, output
-        self.ui.batchProgressBar.maximum = 0  # busy until the first progress line: the child imports torch first
-        self.ui.batchStatusLabel.text = _("Starting...")
+        describe = lambda done, total, subject: _("{subject} ({number} of {total})").format(
+            subject=subject, number=done + 1, total=total) if subject else ""
+        self._batchJob = ChildJob(argv, self.ui.batchProgressBar, self.ui.batchStatusLabel,
+                                  lambda *result: self._onBatchFinished(output, *result), describe)
         self._updateBatchButtons()
-        process.start(argv[0], argv[1:])
-
-    def _onBatchOutput(self, final: bool = False) -> None:
-        batch, lines = library("batch"), self._batchLines.feed(self._batchProcess.readAllStandardOutput())
-        for line in lines + (self._batchLines.flush() if final else []):
-            progress = batch.parse_progress(line)
-            if progress is None:  # e.g. "sub-03: skipped: ..."
-                self._batchMessages.append(line)
-                logging.info(f"SyntheticMRI batch: {line}")
-            elif progress[2]:
-                self.ui.batchProgressBar.maximum, self.ui.batchProgressBar.value = progress[1], progress[0]
-                self.ui.batchStatusLabel.text = _("{subject} ({number} of {total})").format(
-                    subject=progress[2], number=progress[0] + 1, total=progress[1])
+        self._batchJob.start()
 
     def onBatchCancel(self) -> None:
-        """Close the child's stdin: it stops within a second, dropping the file it was writing. QProcess.kill() alone
-        would not do: PythonSlicer is a launcher running python-real as its own child, and kill() ends the launcher
-        only; hence the child's watch on its stdin (SyntheticMRILib.batch). kill() follows for a hung launcher."""
-        if self._batchProcess is not None:
-            self._batchCancelled = True
-            self.ui.batchStatusLabel.text = _("Cancelling...")
-            self._batchProcess.closeWriteChannel()
-            qt.QTimer.singleShot(5000, self._batchProcess.kill)  # a no-op once it has finished
+        if self._batchJob is not None:
+            self._batchJob.cancel()
 
-    def _onBatchFinished(self, exitCode, exitStatus, problem: Optional[str] = None) -> None:
-        batch, bar = library("batch"), self.ui.batchProgressBar
-        self._onBatchOutput(final=True)
-        stderr, self._batchProcess, bar.maximum = self._batchProcess.readAllStandardError(), None, max(bar.maximum, 1)
-        if problem is None and exitStatus == 0 and exitCode == 0:
-            bar.value, status = bar.maximum, _("Done: written under {output}.").format(output=self._batchOutput)
-        elif self._batchCancelled:
-            batch.remove_partial_files(self._batchOutput)  # left only where the child was killed while writing
+    def _onBatchFinished(self, output: str, ok: bool, cancelled: bool, error: str, messages: List[str]) -> None:
+        self._batchJob = None
+        if ok:
+            status = _("Done: written under {output}.").format(output=output)
+        elif cancelled:
+            library("batch").remove_partial_files(output)  # left only where the child was killed while writing
             status = _("Cancelled: the volumes written so far are complete.")
         else:
-            error = problem or batch.error_line(stderr) or _("exit code {code}").format(code=exitCode)
-            logging.error(f"SyntheticMRI batch: {error}")
-            status = "\n".join([_("Failed: {error}").format(error=error)] + self._batchMessages)
+            status = "\n".join([_("Failed: {error}").format(error=error)] + messages)
         self.ui.batchStatusLabel.text = status
         self._updateBatchButtons()
+
+    def _updateSegmentationButtons(self) -> None:
+        running = self._segmentationJob is not None
+        self.ui.segmentButton.enabled = self.ui.learnedContrastButton.enabled = not running
+        self.ui.segmentationCancelButton.enabled = running
+
+    def onMapsJob(self, command: str) -> None:
+        """``segment`` or ``contrast`` (the learned contrasts) on the input maps, in a PythonSlicer process."""
+        problem = self._inputProblem()
+        if problem:
+            self.ui.segmentationStatusLabel.text = problem
+            return
+        if self._segmentationJob is not None or not self.logic.ensureDependencies(extras=True):
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not write the maps for the segmenter."), waitCursor=True):
+            folder, argv = self.logic.mapsJob(command, p.t1Volume, p.t2Volume, p.pdVolume, p.units, p.device)
+        describe = lambda done, total, what: _("{what}: {done} of {total}").format(what=what, done=done, total=total)
+        self._segmentationJob = ChildJob(argv, self.ui.segmentationProgressBar, self.ui.segmentationStatusLabel,
+                                         lambda *result: self._onMapsJobFinished(command, folder, *result), describe)
+        self._updateSegmentationButtons()
+        self._segmentationJob.start()
+
+    def _onMapsJobFinished(self, command: str, folder: str, ok: bool, cancelled: bool, error: str, messages: List[str]) -> None:
+        self._segmentationJob = None
+        self._updateSegmentationButtons()
+        label = self.ui.segmentationStatusLabel
+        try:
+            if not ok:
+                label.text = _("Cancelled.") if cancelled else _("Failed: {error}").format(error=error)
+                return
+            with slicer.util.tryWithErrorDisplay(_("Could not load the results."), waitCursor=True):
+                reference = self._parameterNode.t1Volume
+                if command == "segment":
+                    segmentation, table = self.logic.loadSegmentation(folder, reference)
+                    self.ui.volumesTableView.setMRMLTableNode(table)
+                    total = sum(float(table.GetCellText(row, 2)) for row in range(table.GetNumberOfRows()))
+                    label.text = _("{count} structures, {total:.1f} ml in all.").format(
+                        count=segmentation.GetSegmentation().GetNumberOfSegments(), total=total)
+                else:
+                    nodes = self.logic.loadLearnedContrasts(folder)
+                    label.text = "\n".join(node.GetName() + ": " + node.GetAttribute(PROTOCOL_ATTRIBUTE) for node in nodes)
+                    slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+        finally:
+            self.logic.removeJobFolder(folder)
+
+
+class ChildJob:
+    """A ``syntheticmri`` command in a PythonSlicer process, off the GUI thread: its ``progress DONE/TOTAL WHAT`` lines
+    drive ``progressBar`` and, through ``describe(done, total, what)``, ``statusLabel``; other lines are kept as
+    messages. When it ends, ``onFinished(ok, cancelled, error, messages)`` runs. cancel() closes the child's stdin and
+    the child stops itself within a second, dropping the file it was writing. QProcess.kill() alone would not do:
+    PythonSlicer is a launcher running python-real as its own child, and kill() ends the launcher only; kill() follows
+    for a hung launcher."""
+
+    def __init__(self, argv: List[str], progressBar, statusLabel, onFinished, describe) -> None:
+        batch = library("batch")
+        self.progressBar, self.statusLabel, self.onFinished, self.describe = progressBar, statusLabel, onFinished, describe
+        self.lines, self.messages, self.cancelled = batch.LineBuffer(), [], False
+        self.process = qt.QProcess()
+        # PYTHONPATH leads the child to this SyntheticMRILib: the module's folder installed, the repository checked out.
+        self.process.setEnvironment([f"{name}={value}" for name, value in batch.child_environment().items()])
+        self.process.connect("readyReadStandardOutput()", self._onOutput)
+        self.process.connect("finished(int,QProcess::ExitStatus)", self._onFinished)
+        self.process.connect("errorOccurred(QProcess::ProcessError)", lambda error: error == qt.QProcess.FailedToStart and (
+            self._onFinished(-1, 1, _("could not start {program}").format(program=self.argv[0]))))  # no finished() then
+        self.argv = argv
+
+    def start(self) -> None:
+        """Start the child; call it once the job is stored, since a child that fails to start finishes at once."""
+        self.progressBar.maximum = 0  # busy until the first progress line: the child imports torch first
+        self.statusLabel.text = _("Starting...")
+        self.process.start(self.argv[0], self.argv[1:])
+
+    def _onOutput(self, final: bool = False) -> None:
+        batch = library("batch")
+        lines = self.lines.feed(self.process.readAllStandardOutput()) + (self.lines.flush() if final else [])
+        for line in lines:
+            progress = batch.parse_progress(line)
+            if progress is None:  # e.g. "sub-03: skipped: ..."
+                self.messages.append(line)
+                logging.info(f"SyntheticMRI: {line}")
+            else:
+                self.progressBar.maximum, self.progressBar.value = progress[1], progress[0]
+                self.statusLabel.text = self.describe(*progress) or self.statusLabel.text
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.statusLabel.text = _("Cancelling...")
+        self.process.closeWriteChannel()
+        qt.QTimer.singleShot(5000, self.process.kill)  # a no-op once it has finished
+
+    def kill(self) -> None:
+        self.process.closeWriteChannel()
+        self.process.kill()
+
+    def _onFinished(self, exitCode, exitStatus, problem: Optional[str] = None) -> None:
+        self._onOutput(final=True)
+        stderr, bar = self.process.readAllStandardError(), self.progressBar
+        bar.maximum = max(bar.maximum, 1)
+        ok = problem is None and exitStatus == 0 and exitCode == 0
+        if ok:
+            bar.value = bar.maximum
+        error = "" if ok else (problem or library("batch").error_line(stderr) or _("exit code {code}").format(code=exitCode))
+        if error and not self.cancelled:
+            logging.error(f"SyntheticMRI: {error}")
+        self.onFinished(ok, self.cancelled, error, self.messages)
 
 
 class SyntheticMRILogic(ScriptedLoadableModuleLogic):
@@ -577,6 +663,58 @@ class SyntheticMRILogic(ScriptedLoadableModuleLogic):
         if name is None and isinstance(contrast, str):  # the name follows the contrast unless the user renamed the node
             name = "Synthetic " + contrast
         return library("slicer_bridge").node_from_contrast(maps.volume(array), protocol, node=outputNode, name=name)
+
+    def mapsJob(self, command: str, t1Node, t2Node, pdNode, units: str = "ms", device: str = "auto") -> Tuple[str, List[str]]:
+        """Write the maps into a new temporary folder; return it and the argv of a ``segment`` or ``contrast --learned``
+        child (SyntheticMRILib.batch.maps_job) that writes its results there."""
+        import tempfile
+
+        bridge, volumes, batch = library("slicer_bridge"), library("volumes"), library("batch")
+        folder = tempfile.mkdtemp(prefix="SyntheticMRI-", dir=slicer.app.temporaryPath)
+        for name, node in zip(batch.MAP_NAMES, (t1Node, t2Node, pdNode)):
+            volumes.write_volume(bridge.volume_from_node(node), Path(folder) / f"{name}.nrrd")
+        return folder, batch.maps_job(batch.slicer_python(), command, folder, units, device)
+
+    def loadSegmentation(self, folder: str, referenceNode=None):
+        """The ``segment`` results of ``folder`` as a segmentation node (named, colored, coded segments on the
+        reference's grid) and a table node of the structure volumes (ml); returns both."""
+        import csv
+
+        bridge, labels = library("slicer_bridge"), library("volumes").read_volume(Path(folder) / "seg.nrrd")
+        with open(Path(folder) / "volumes.csv", newline="", encoding="utf-8") as handle:
+            volumesMl = {row["structure"]: float(row["volume_ml"]) for row in csv.DictReader(handle)}
+        segmentation = bridge.segmentation_from_labels(labels, referenceNode, "Subcortical segmentation")
+        return segmentation, bridge.volumes_table(volumesMl, "Subcortical volumes (ml)", segmentation.GetScene())
+
+    def loadLearnedContrasts(self, folder: str) -> list:
+        """The ``contrast --learned`` results of ``folder`` as volume nodes that carry their protocols."""
+        import json
+
+        bridge, volumes, protocols = library("slicer_bridge"), library("volumes"), library("protocols")
+        learned = Path(folder) / "learned"
+        nodes = []
+        for k, entry in enumerate(json.loads((learned / "learned.json").read_text())):
+            protocol = protocols.Protocol(**{key: value for key, value in entry.items() if key != "file"})
+            name = f"Learned contrast {k + 1} ({protocol.sequence.upper()} {protocol.caption()})"
+            nodes.append(bridge.node_from_contrast(volumes.read_volume(learned / entry["file"]), protocol, name=name))
+        return nodes
+
+    @staticmethod
+    def removeJobFolder(folder: str) -> None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def segment(self, t1Node, t2Node, pdNode, units: str = "ms", device: str = "auto"):
+        """Console use: segment in a child process and wait; returns (segmentation node, volumes table node)."""
+        folder, argv = self.mapsJob("segment", t1Node, t2Node, pdNode, units, device)
+        try:
+            code, stderr = library("batch").run_batch_process(argv)
+            if code != 0:
+                raise RuntimeError(library("batch").error_line(stderr) or f"segment failed (exit code {code})")
+            return self.loadSegmentation(folder, t1Node)
+        finally:
+            self.removeJobFolder(folder)
 
     def updateVisibleSlices(self, t1Node, t2Node, pdNode, protocol, outputNode, units="ms", device="auto", sliceNodes=None) -> int:
         """Recompute, in place, only the voxels of ``outputNode`` (synthesized before, on the maps' grid) that the

@@ -132,11 +132,29 @@ def batch_command(
     (closing it cancels). ``python``: :func:`slicer_python` in Slicer, ``sys.executable`` elsewhere."""
     if not presets:
         raise InputError("choose at least one preset")
-    argv = [str(python), "-m", CHILD_MODULE, "batch", "--input", str(study)]
+    argv = child_command(python, "batch", "--input", str(study))
     for name in presets:
         argv += ["--preset", str(name)]
     argv += ["-o", str(output), "--units", units, "--device", device]
     return argv + (["--overwrite"] if overwrite else []) + ["--progress", "lines"]
+
+
+def child_command(python: str, *args: str) -> List[str]:
+    """The argv of a child running ``syntheticmri ARGS`` that stops when its stdin closes (see :func:`child_main`)."""
+    return [str(python), "-m", CHILD_MODULE, *map(str, args)]
+
+
+def maps_job(python: str, command: str, folder: PathLike, units: str = "ms", device: str = "auto") -> List[str]:
+    """The argv of a ``segment`` or ``contrast --learned`` child on ``folder``/{t1,t2,pd}.nrrd, writing into ``folder``:
+    ``seg.nrrd`` + ``volumes.csv``, or ``learned/`` (volumes and ``learned.json``). Progress comes as lines."""
+    folder = Path(folder)
+    maps = [arg for name in MAP_NAMES for arg in (f"--{name}", str(folder / f"{name}.nrrd"))]
+    common = [*maps, "--units", units, "--device", device, "--progress", "lines"]
+    if command == "segment":
+        return child_command(python, "segment", *common, "-o", str(folder / "seg.nrrd"), "--volumes", str(folder / "volumes.csv"))
+    if command == "contrast":
+        return child_command(python, "contrast", "--learned", *common, "-o", str(folder / "learned"))
+    raise InputError(f"unknown maps job {command!r}; use segment or contrast")
 
 
 def parse_progress(line: str) -> Optional[Tuple[int, int, str]]:

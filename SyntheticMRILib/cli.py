@@ -7,10 +7,12 @@ nothing written; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -18,7 +20,10 @@ from . import __version__
 from .devices import DEVICES, pick_device
 from .errors import InputError
 from .maps import UNITS, Maps, load_maps
+from .phantom_sources import STRUCTURES
 from .protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
+from .seg_training import VARIANTS, TrainConfig
+from .segmentation import LABELS
 from .synthesis import synthesize_volume
 from .volumes import EXTENSIONS, check_output, write_volume
 
@@ -78,7 +83,66 @@ def _parser() -> argparse.ArgumentParser:
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     phantom.add_argument("--report", type=Path, metavar="DIR", help="write report.png and report.md for a generated folder")
     phantom.add_argument("--fetch-sources", nargs="*", metavar="NAME", help="download anatomy sources once (default: all)")
+
+    seg = commands.add_parser("segment", help="the 14 subcortical structures from T1/T2/PD maps (learned contrast + U-Net)")
+    _map_arguments(seg)
+    seg.add_argument("-o", "--output", required=True, type=Path,
+                     help="label map in FreeSurfer numbering on the input grid (.nrrd, .nii.gz); a .ctbl color table is written beside it")
+    seg.add_argument("--seg-out", type=Path, help="also a Slicer segmentation (.seg.nrrd): named, colored segments with terminology")
+    seg.add_argument("--volumes", type=Path, help="also a CSV of structure volumes (ml)")
+    _model_arguments(seg)
+
+    learned = commands.add_parser("contrast", help="the model's learned contrasts as volumes, with their TR/TE/TI")
+    _map_arguments(learned)
+    learned.add_argument("--learned", action="store_true", required=True,
+                         help="synthesize the contrasts the segmentation model learned (required: the only source for now)")
+    learned.add_argument("-o", "--output", required=True, type=Path, help="output folder: learned_<k>_<sequence>.nrrd")
+    _model_arguments(learned)
+
+    train = commands.add_parser("train-seg", help="train the learned-contrast subcortical segmenter and its baselines")
+    train.add_argument("--data", required=True, type=Path, help="folder with train/, val/, test/ (and external/) phantom folders")
+    train.add_argument("-o", "--output", required=True, type=Path, help="model folder: <variant>/best.pt, report.md, training.png")
+    train.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    train.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimizer steps per variant")
+    train.add_argument("--batch", type=int, default=TrainConfig.batch, help="2-D crops per step")
+    train.add_argument("--crop", type=int, default=TrainConfig.crop, help="crop size, pixels (1 mm)")
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
+    train.add_argument("--device", choices=DEVICES, default="auto")
     return parser
+
+
+def _map_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--t1", required=True, type=Path, help="T1 map (ms, or s with --units s)")
+    parser.add_argument("--t2", required=True, type=Path, help="T2 map (ms, or s with --units s)")
+    parser.add_argument("--pd", required=True, type=Path, help="PD map (fraction of water; percent is detected)")
+    parser.add_argument("--units", choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="a model file from train-seg (default: the shipped one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
+    parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
+                        help="lines: one 'progress DONE/TOTAL STEP' line per step, for a GUI reading stdout")
+
+
+def _progress(args: argparse.Namespace, what: str) -> Callable[[int, int], None]:
+    """A progress callback: a tqdm bar, or machine-readable lines for the Slicer module."""
+    if args.progress == "lines":
+        return lambda done, total: print(f"progress {done}/{total} {what}", flush=True)
+    from tqdm import tqdm
+
+    bar = tqdm(desc=what, unit="slice", leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
 
 
 def _protocol(args: argparse.Namespace) -> Protocol:
@@ -154,7 +218,71 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     phantom_command(args)
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom}
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .labels import write_color_table, write_seg_nrrd
+    from .segmentation import label_volumes_ml, load_model, segment
+
+    table = args.output.with_name(args.output.name.split(".")[0] + ".ctbl")
+    for path in (args.output, args.seg_out, table, args.volumes):
+        if path is not None and path.exists() and not args.overwrite:
+            raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+    check_output(args.output, args.overwrite)
+    if args.seg_out is not None and not args.seg_out.name.endswith(".seg.nrrd"):
+        raise InputError(f"{args.seg_out}: --seg-out must end in .seg.nrrd")
+    device = pick_device(args.device)
+    maps = load_maps(args.t1, args.t2, args.pd, args.units)
+    for note in maps.notes:
+        print(f"note: {note}")
+    model = load_model(args.model, device)
+    start = time.perf_counter()
+    labels = segment(maps, model, device, progress=_progress(args, "segment"), log=lambda line: print(f"note: {line}"))
+    seconds = time.perf_counter() - start
+    write_volume(labels, args.output, overwrite=args.overwrite)
+    write_color_table(table, list(LABELS), overwrite=args.overwrite)
+    if args.seg_out is not None:
+        write_seg_nrrd(labels, args.seg_out, overwrite=args.overwrite)
+    volumes = label_volumes_ml(labels)
+    if args.volumes is not None:
+        args.volumes.write_text("structure,label,volume_ml\n" + "".join(
+            f"{name},{STRUCTURES[name]},{ml:.3f}\n" for name, ml in volumes.items()))
+    width = max(map(len, volumes))
+    for name, ml in volumes.items():
+        print(f"  {name:{width}s} {ml:6.2f} ml")
+    print(f"14 structures -> {args.output} ({seconds:.1f} s on {device})")
+
+
+def cmd_contrast(args: argparse.Namespace) -> None:
+    from .segmentation import load_model
+
+    model = load_model(args.model, torch.device("cpu"))
+    if model.contrast is None:
+        raise InputError(f"{args.model}: this model reads the raw maps; it has no learned contrasts")
+    protocols = model.contrast.protocols()
+    paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
+    for path in paths:
+        check_output(path, args.overwrite)
+    device = pick_device(args.device)
+    maps = load_maps(args.t1, args.t2, args.pd, args.units)
+    report = _progress(args, "contrast")
+    for k, (protocol, path) in enumerate(zip(protocols, paths)):
+        image = _synthesize(maps, protocol, device)
+        write_volume(maps.volume(image), path, overwrite=args.overwrite)
+        report(k + 1, len(protocols))
+        print(f"learned {k + 1}: {protocol.sequence} {protocol.caption()} -> {path}")
+    (args.output / "learned.json").write_text(json.dumps(
+        [{"file": path.name, **{k: v for k, v in asdict(p).items() if v is not None}} for p, path in zip(protocols, paths)], indent=1))
+
+
+def cmd_train_seg(args: argparse.Namespace) -> None:
+    from .seg_training import train_command
+
+    config = TrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, seed=args.seed)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
+
+
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,
+            "segment": cmd_segment, "contrast": cmd_contrast}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

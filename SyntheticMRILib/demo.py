@@ -1,4 +1,5 @@
-"""The main job on the bundled sample: every preset contrast, a montage and a Slicer scene."""
+"""The main job on the bundled sample: every preset contrast, the learned contrasts, the subcortical
+segmentation, a montage and a Slicer scene."""
 from __future__ import annotations
 
 import time
@@ -10,9 +11,11 @@ import torch
 from tqdm import tqdm
 
 from .figures import Panel, save_montage
+from .labels import write_seg_nrrd
 from .maps import Maps, load_maps
 from .protocols import PRESETS
 from .resources import sample_paths
+from .segmentation import load_model, segment, structure_dice
 from .synthesis import synthesize_volume
 from .tissues import FREESURFER_TISSUE
 from .volumes import Volume, read_volume, write_volume
@@ -31,15 +34,15 @@ def _center_lps(labels: Volume) -> np.ndarray:
     return np.asarray(labels.origin) + direction @ (index * np.asarray(labels.spacing))
 
 
-def _write_scene(path: Path, maps: Maps, contrasts: Dict[str, Volume], labels: Volume) -> Optional[Path]:
-    """The maps, the contrasts and the labels (as a segmentation) in one Slicer scene, when MRML is available."""
+def _write_scene(path: Path, maps: Maps, contrasts: Dict[str, Volume], segmentations: Dict[str, Volume]) -> Optional[Path]:
+    """The maps, the contrasts and the label maps (as segmentations) in one Slicer scene, when MRML is available."""
     try:
         from .slicer_bridge import write_scene_mrb
     except ImportError:
         print("note: no scene.mrb: MRML is missing; pip install -e '.[scene]' adds slicer-core")
         return None
     maps_volumes = {"T1 map (ms)": maps.volume(maps.t1), "T2 map (ms)": maps.volume(maps.t2), "PD map": maps.volume(maps.pd)}
-    return write_scene_mrb(path, {**maps_volumes, **contrasts}, labels, overwrite=True)
+    return write_scene_mrb(path, {**maps_volumes, **contrasts}, segmentations, overwrite=True)
 
 
 def run_demo(out: Path, device: torch.device) -> Dict[str, Optional[Path]]:
@@ -61,16 +64,37 @@ def run_demo(out: Path, device: torch.device) -> Dict[str, Optional[Path]]:
         signed = preset.protocol.sequence in ("psir", "dsir")
         panels.append(Panel(preset.name, f"{preset.protocol.sequence.upper()} {preset.protocol.caption()}", image, signed))
     seconds = time.perf_counter() - start
+    print(f"{len(PRESETS)} contrasts of a {'x'.join(map(str, maps.t1.shape))} volume in {seconds:.1f} s on {device}")
+
+    model = load_model(device=device)
+    for k, protocol in enumerate(model.contrast.protocols()):
+        name = f"Learned {k + 1}"
+        image = maps.volume(synthesize_volume(t1, t2, pd, protocol).cpu().numpy())
+        contrasts[name] = image
+        written[name] = write_volume(image, out / f"learned_{k + 1}_{protocol.sequence}.nrrd", overwrite=True)
+        panels.append(Panel(name, f"{protocol.sequence.upper()} {protocol.caption()}", image))
+        print(f"  learned contrast {k + 1}: {protocol.sequence} {protocol.caption()}")
+    start = time.perf_counter()
+    segmentation = segment(maps, model, device)
+    seconds = time.perf_counter() - start
+    written["segmentation"] = write_volume(segmentation, out / "segmentation.nrrd", overwrite=True)
+    written["segmentation (Slicer)"] = write_seg_nrrd(segmentation, out / "segmentation.seg.nrrd", overwrite=True)
+    dice = structure_dice(segmentation.array, labels.array)
+    print(f"subcortical segmentation in {seconds:.1f} s on {device}: mean Dice {np.mean(list(dice.values())):.3f} "
+          f"against the sample's labels (lowest {min(dice.values()):.3f}, {min(dice, key=dice.get)})")
+    panels.append(Panel("Segmentation", f"learned contrasts + U-Net, mean Dice {np.mean(list(dice.values())):.2f}",
+                        contrasts["Learned 1"], overlay=segmentation))
+
     brain = labels.with_array(np.isin(labels.array, list(FREESURFER_TISSUE)).astype(np.uint8))
     written["montage"] = save_montage(
         panels,
         out / "montage.png",
         center_lps=_center_lps(labels),
-        title="SyntheticMRI: every preset on the bundled sample (3 T)",
+        title="SyntheticMRI on the bundled sample (3 T): every preset, the learned contrasts and the segmentation",
         window_mask=brain,
     )
-    written["scene"] = _write_scene(out / "scene.mrb", maps, contrasts, labels)
-    print(f"{len(PRESETS)} contrasts of a {'x'.join(map(str, maps.t1.shape))} volume in {seconds:.1f} s on {device}")
+    segmentations = {"Sample labels": labels, "Subcortical segmentation": segmentation}
+    written["scene"] = _write_scene(out / "scene.mrb", maps, contrasts, segmentations)
     for name, path in written.items():
         if path is not None:
             print(f"  {name:10s} {path}")

@@ -27,6 +27,17 @@ class Panel:
     caption: str
     volume: Volume
     signed: bool = False  # symmetric grey scale around 0 (PSIR, dSIR)
+    overlay: Optional[Volume] = None  # a FreeSurfer-numbered label map drawn in its colors over the image
+
+
+def _overlay_rgba(labels: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    from .labels import label_entry
+
+    rgba = np.zeros(labels.shape + (4,), np.float32)
+    for value in np.unique(labels):
+        if value != 0:
+            rgba[labels == value] = [*(c / 255 for c in label_entry(int(value)).color), alpha]
+    return rgba
 
 
 def orthogonal_views(volume: Volume, center_lps: Optional[Sequence[float]] = None) -> List[Tuple[np.ndarray, float]]:
@@ -90,10 +101,13 @@ def save_montage(
         windowed = [v[m] if masks else v for (v, _), m in zip(views, masks or [None] * 3)]
         low, high = _window(np.concatenate([w.ravel() for w in windowed]), panel.signed)
         inner = outer[n // columns, n % columns].subgridspec(1, 3, wspace=0.02)
-        for m, (view, aspect) in enumerate(views):
+        overlays = orthogonal_views(panel.overlay, center_lps) if panel.overlay is not None else [None] * 3
+        for m, ((view, aspect), overlay) in enumerate(zip(views, overlays)):
             ax = fig.add_subplot(inner[0, m])
             shown = np.ma.masked_equal(view, 0) if panel.signed else view
             ax.imshow(shown, cmap=cmap, vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+            if overlay is not None:
+                ax.imshow(_overlay_rgba(overlay[0]), aspect=aspect, interpolation="nearest")
             ax.set_axis_off()
             if m == 1:
                 ax.set_title(f"{panel.title}\n{panel.caption}", color="white", fontsize=10)

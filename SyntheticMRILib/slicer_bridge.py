@@ -26,10 +26,7 @@ is ``slicer.mrmlScene``.
 """
 from __future__ import annotations
 
-import csv
-import functools
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -39,6 +36,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
+from .labels import LABEL_TAG, TERMINOLOGY_CONTEXT, LabelEntry, label_entry, label_table
 from .maps import Maps, prepare_maps
 from .preview import on_grid, plane_voxels, synthesize_planes
 from .protocols import Protocol
@@ -49,14 +47,9 @@ __all__ = [
     "volume_from_node", "node_from_volume", "maps_from_nodes", "segmentation_from_labels",
     "labels_from_segmentation", "save_scene", "load_scene", "write_scene_mrb", "load_sample",
     "create_scene", "label_table", "segment_tag", "LabelEntry", "node_stamps", "world_to_ijk", "slice_to_ras",
-    "slice_nodes_showing", "update_visible_slices", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
+    "slice_nodes_showing", "update_visible_slices", "volumes_table", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
 ]
 
-TERMINOLOGY_CONTEXT = "Segmentation category and type - SyntheticMRI"
-# Slicer writes this region context name even when no region is coded; kept for identical tags.
-REGION_CONTEXT = "Anatomic codes - DICOM master list"
-# Segment tag holding the FreeSurfer label number, so a renamed segment still exports to its label.
-LABEL_TAG = "SyntheticMRI.FreeSurferLabel"
 # Attributes of a synthetic contrast's node: its protocol (provenance, and the Slicer module's mark that live
 # updates may overwrite the node) and the name given to it here, so that its name follows the contrast until
 # the user renames it.
@@ -69,45 +62,6 @@ _INT32 = np.iinfo(np.int32)
 _WINDOW_SAMPLE = 1_000_000  # voxels looked at for a window/level; enough for stable percentiles
 # Logics of headless scenes: VTK objects must stay referenced from Python or they are freed.
 _HEADLESS: Dict[str, tuple] = {}
-
-
-# ----------------------------------------------------------------------------- label table
-@dataclass(frozen=True)
-class LabelEntry:
-    """One row of the shipped label table: FreeSurfer number, name, color and terminology."""
-
-    value: int
-    name: str
-    color: Tuple[int, int, int]
-    terminology: str  # Slicer's serialized terminology entry (the segment's "TerminologyEntry" tag)
-
-
-def _triplet(row: Mapping[str, str], prefix: str) -> str:
-    return "^".join(row.get(f"{prefix}_{field}", "") or "" for field in ("CodingScheme", "CodeValue", "CodeMeaning"))
-
-
-@functools.lru_cache(maxsize=None)
-def label_table() -> Dict[int, LabelEntry]:
-    """FreeSurfer label number -> :class:`LabelEntry`, read from ``Resources/Terminology/labels.csv``."""
-    table: Dict[int, LabelEntry] = {}
-    with open(resource_path("Terminology", "labels.csv"), newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            terminology = "~".join([
-                TERMINOLOGY_CONTEXT, _triplet(row, "Category"), _triplet(row, "Type"), _triplet(row, "TypeModifier"),
-                REGION_CONTEXT, _triplet(row, "Region"), _triplet(row, "RegionModifier"),
-            ])
-            color = (int(row["Color_R"]), int(row["Color_G"]), int(row["Color_B"]))
-            table[int(row["LabelValue"])] = LabelEntry(int(row["LabelValue"]), row["Name"], color, terminology)
-    return table
-
-
-def _entry(value: int) -> LabelEntry:
-    """The table row of ``value``, or a named, colored entry without terminology for labels the table lacks."""
-    known = label_table().get(value)
-    if known is not None:
-        return known
-    rng = np.random.default_rng(value)  # stable color per label number
-    return LabelEntry(value, f"Label-{value}", tuple(int(c) for c in rng.integers(40, 256, 3)), "")
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -562,7 +516,7 @@ def segmentation_from_labels(labels: Volume, reference_node: Optional[slicer.vtk
         segmentation.SetConversionParameter(
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), _geometry_string(grid))
     for value in _present_labels(array):
-        entry = _entry(value)
+        entry = label_entry(value)
         segment = slicer.vtkSegment()
         segment.SetName(entry.name)
         segment.SetColor(*(c / 255.0 for c in entry.color))
@@ -576,6 +530,25 @@ def segmentation_from_labels(labels: Volume, reference_node: Optional[slicer.vtk
     _load_terminology(_terminology_logic(scene))
     if reference_node is not None:
         _join_subject_hierarchy_folder(node, reference_node)
+    return node
+
+
+def volumes_table(volumes_ml: Mapping[str, float], name: str = "Structure volumes",
+                  scene: Optional[slicer.vtkMRMLScene] = None) -> slicer.vtkMRMLTableNode:
+    """A table node with one row per structure: its name, FreeSurfer label and volume (ml)."""
+    scene = _default_scene(scene)
+    by_name = {entry.name: value for value, entry in label_table().items()}
+    columns = (vtk.vtkStringArray(), vtk.vtkIntArray(), vtk.vtkDoubleArray())
+    for array, title in zip(columns, ("Structure", "Label", "Volume (ml)")):
+        array.SetName(title)
+    for structure, ml in volumes_ml.items():
+        columns[0].InsertNextValue(structure)
+        columns[1].InsertNextValue(int(by_name.get(structure, 0)))
+        columns[2].InsertNextValue(round(float(ml), 3))
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    for array in columns:
+        node.AddColumn(array)
+    node.SetUseColumnTitleAsColumnHeader(True)
     return node
 
 
@@ -710,10 +683,11 @@ def load_scene(path: PathLike, scene: slicer.vtkMRMLScene, clear: bool = False) 
     return nodes
 
 
-def write_scene_mrb(path: PathLike, volumes: Mapping[str, Volume], labels: Optional[Volume] = None,
+def write_scene_mrb(path: PathLike, volumes: Mapping[str, Volume], segmentations: Mapping[str, Volume] = {},
                     overwrite: bool = False) -> Path:
     """Write a standalone Slicer scene: each of ``volumes`` (maps, contrasts) as a scalar volume node
-    named by its key, with a window/level over its foreground, and ``labels`` as a segmentation.
+    named by its key, with a window/level over its foreground, and each of ``segmentations`` (label maps)
+    as a segmentation node named by its key.
 
     Refuses to replace an existing file unless ``overwrite``.
     """
@@ -723,9 +697,9 @@ def write_scene_mrb(path: PathLike, volumes: Mapping[str, Volume], labels: Optio
     scene = create_scene()
     try:
         nodes = [node_from_volume(volume, name, scene=scene) for name, volume in volumes.items()]
-        if labels is not None:
+        for name, labels in segmentations.items():
             reference = next((n for n, v in zip(nodes, volumes.values()) if v.same_grid(labels)), None)
-            segmentation_from_labels(labels, reference, "Labels", scene=scene)
+            segmentation_from_labels(labels, reference, name, scene=scene)
         return save_scene(path, scene)
     finally:
         _HEADLESS.pop(scene.GetAddressAsString("vtkMRMLScene"), None)

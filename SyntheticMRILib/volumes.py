@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Mapping, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -108,8 +108,10 @@ def check_output(path: PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Path:
+def write_volume(volume: Volume, path: PathLike, overwrite: bool = False,
+                 metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Write ``volume`` (compressed where the format allows); refuse to replace a file unless ``overwrite``.
+    ``metadata``: header fields (NRRD ``key:=value``), e.g. a Slicer segmentation's segments.
 
     Single-file formats appear whole or not at all: written under a temporary name
     in the same folder and renamed, so a cancelled or killed run leaves no half file.
@@ -118,12 +120,15 @@ def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Pat
     """
     path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
+    image = volume.to_image()
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(key, value)
     if str(path).lower().endswith(_DETACHED):
-        sitk.WriteImage(volume.to_image(), str(path), useCompression=True)
+        sitk.WriteImage(image, str(path), useCompression=True)
         return path
     partial = path.with_name(f".partial-{os.getpid()}-{path.name}")  # same extension: same format
     try:
-        sitk.WriteImage(volume.to_image(), str(partial), useCompression=True)
+        sitk.WriteImage(image, str(partial), useCompression=True)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

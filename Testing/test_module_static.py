@@ -197,12 +197,12 @@ def test_module_notes_where_long_work_runs():
 
 
 # --------------------------------------------------------------------------- the .ui file
-def test_ui_is_a_qmrmlwidget_with_the_five_sections():
+def test_ui_is_a_qmrmlwidget_with_the_six_sections():
     assert UI_ROOT.tag == "ui"
     top = UI_ROOT.find("widget")
     assert top.get("class") == "qMRMLWidget" and top.get("name") == UI_ROOT.findtext("class")
     sections = [ui_property(w, "text") for w in UI_ROOT.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Inputs", "Contrast", "Output", "Batch", "Advanced"]
+    assert sections == ["Inputs", "Contrast", "Output", "Subcortical segmentation", "Batch", "Advanced"]
 
 
 def test_ui_object_names_are_unique_and_custom_widgets_declared():
@@ -886,12 +886,12 @@ def test_widget_runs_a_batch_out_of_process_and_reports_it(module, monkeypatch, 
     widget._updateBatchButtons()
     assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
     widget.onBatchRun()
-    process = widget._batchProcess
+    process = widget._batchJob.process
     assert process.environment["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
     assert not ui.batchRunButton.enabled and ui.batchCancelButton.enabled and not ui.batchPresetList.enabled
     assert ui.batchProgressBar.maximum == 0  # busy until the child reports
     widget.onBatchRun()  # a second click while running starts nothing
-    assert widget._batchProcess is process
+    assert widget._batchJob.process is process
     assert process.pump()
     assert ui.batchStatusLabel.text == f"Done: written under {out}."
     assert (ui.batchProgressBar.value, ui.batchProgressBar.maximum) == (2, 2)
@@ -899,13 +899,13 @@ def test_widget_runs_a_batch_out_of_process_and_reports_it(module, monkeypatch, 
     assert sorted(p.name for p in out.rglob("*.nrrd")) == ["DIR.nrrd", "DIR.nrrd", "T1w.nrrd", "T1w.nrrd"]
 
     widget.onBatchRun()  # again, without "Replace existing files": every subject is refused
-    widget._batchProcess.pump()
+    widget._batchJob.process.pump()
     status = ui.batchStatusLabel.text.splitlines()
     assert status[0].startswith("Failed: syntheticmri: error: 2 subject(s) skipped: sub-00, sub-01")
     assert status[1].startswith("sub-00: skipped:") and "already exists" in status[1]
     ui.batchOverwriteCheckBox.checked = True
     widget.onBatchRun()
-    widget._batchProcess.pump()
+    widget._batchJob.process.pump()
     assert ui.batchStatusLabel.text.startswith("Done")
 
 
@@ -915,7 +915,7 @@ def test_widget_cancel_stops_the_batch_and_the_buttons_follow(module, monkeypatc
     ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(big_study), str(out)
     ui.batchPresetList.selected = ["T2w"]
     widget.onBatchRun()
-    process = widget._batchProcess
+    process = widget._batchJob.process
     assert not process.pump(until=lambda: ui.batchProgressBar.maximum > 0)
     assert re.fullmatch(r"sub-(\d\d) \((\d+) of 40\)", ui.batchStatusLabel.text)  # "sub-00 (1 of 40)" unless slow
     cancelled = time.monotonic()
@@ -937,7 +937,7 @@ def test_widget_reports_a_python_that_does_not_start(module, monkeypatch, tmp_pa
     ui.batchPresetList.selected = ["T1w"]
     widget.onBatchRun()
     assert ui.batchStatusLabel.text == f"Failed: could not start {tmp_path / 'PythonSlicer'}"
-    assert widget._batchProcess is None and ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+    assert widget._batchJob is None and ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
 
 
 # --------------------------------------------------------------------------- CMake, against a stub Slicer

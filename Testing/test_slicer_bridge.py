@@ -224,10 +224,10 @@ def test_mrb_round_trip(tmp_path):
     volumes = {"T1 map": grid_volume("left-handed", random_map(seed=4)),
                "FLAIR": grid_volume("left-handed", random_map(seed=5) / 7)}
     labels = grid_volume("left-handed", label_phantom(random_map().shape))
-    path = bridge.write_scene_mrb(tmp_path / "scene.mrb", volumes, labels)
+    path = bridge.write_scene_mrb(tmp_path / "scene.mrb", volumes, {"Labels": labels})
     with pytest.raises(InputError, match="exists"):
-        bridge.write_scene_mrb(path, volumes, labels)
-    bridge.write_scene_mrb(path, volumes, labels, overwrite=True)
+        bridge.write_scene_mrb(path, volumes, {"Labels": labels})
+    bridge.write_scene_mrb(path, volumes, {"Labels": labels}, overwrite=True)
 
     loaded = bridge.load_scene(path, bridge.create_scene())
     assert set(loaded) == {"T1 map", "FLAIR", "Labels"}

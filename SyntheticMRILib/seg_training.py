@@ -1,0 +1,408 @@
+"""Training the subcortical segmenter jointly with its contrasts, and the baselines it is judged against.
+
+``syntheticmri train-seg --data DIR -o OUT`` trains, in one run and with the same data
+order, steps, batch and augmentation, the variants of :data:`VARIANTS`:
+
+* ``learned``: the learnable contrast module (LCM) from the T1w, T2w and T2-FLAIR presets,
+  its TR/TE/TI trained with the U-Net by the Dice+CE loss (its own learning rate);
+* ``fixed``: the same, parameters frozen at the presets (baseline a);
+* ``maps``: the U-Net on the scaled T1/T2/PD maps, no physics (baseline b);
+* ``random``: the LCM from a random start (baseline c).
+
+``DIR`` holds ``train``, ``val``, ``test`` (and optionally ``external``) folders written by
+``syntheticmri phantom``. Model selection uses ``val`` only; ``test`` and ``external`` are
+read once, at the end, through the same :func:`~SyntheticMRILib.segmentation.segment` that
+users call. Augmentation is what a scanner does to an image (Rician noise at an absolute
+level, so a contrast that loses signal loses SNR; a smooth coil bias; a lower acquired
+resolution): it is applied to the synthesized contrasts, before their normalization.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .contrast_module import DEFAULT_PRESETS, LearnableContrast
+from .errors import InputError
+from .maps import load_maps
+from .phantom_data import scanner_effects
+from .segmentation import CLASS_NAMES, LABELS, SegmentationModel, load_model, predict_classes, save_model, segment, sha256
+from .volumes import PathLike, read_volume
+
+__all__ = ["TrainConfig", "VARIANTS", "build_variant", "SliceBank", "train_variant", "evaluate_folder", "train_command"]
+
+VARIANTS = ("learned", "fixed", "maps", "random")
+
+
+@dataclass
+class TrainConfig:
+    """The recipe; every variant of a run shares it."""
+
+    steps: int = 4000
+    batch: int = 16
+    crop: int = 96
+    lr: float = 2e-3
+    physics_lr: float = 0.02  # Adam step on the unconstrained (logit) parameters
+    physics_warmup: float = 0.2  # share of the run over which the physics rate ramps up: the U-Net learns first
+    weight_decay: float = 1e-4
+    evaluations: int = 8  # validation passes (and checkpoints) over the run
+    focus: float = 0.75  # share of crops centred on a structure (the rest anywhere in the head)
+    snr: Tuple[float, float] = (80.0, 250.0)  # SNR of a fully relaxed PD=1 signal: T2w WM then has 15-40
+    bias: float = 0.2
+    resolution_loss: Tuple[float, float] = (1.0, 2.0)
+    channels: Tuple[int, ...] = (16, 32, 64, 128)
+    num_res_units: int = 2
+    seed: int = 0
+    random_start_seed: int = 1
+
+
+def build_variant(name: str, config: TrainConfig) -> SegmentationModel:
+    model_config = {"channels": list(config.channels), "num_res_units": config.num_res_units, "variant": name}
+    if name == "maps":
+        return SegmentationModel({**model_config, "inputs": "maps"})
+    if name in ("learned", "fixed"):
+        contrast = LearnableContrast.from_presets(DEFAULT_PRESETS, learnable=name == "learned")
+    elif name == "random":
+        sequences = [p.sequence for p in LearnableContrast.from_presets(DEFAULT_PRESETS).protocols()]
+        contrast = LearnableContrast.random(sequences, seed=config.random_start_seed)
+    else:
+        raise InputError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return SegmentationModel({**model_config, "inputs": "contrasts", "sequences": list(contrast.sequences)}, contrast)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _subject_files(folder: Path) -> List[Dict[str, Path]]:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"{manifest}: not found; write {folder} with syntheticmri phantom")
+    records = json.loads(manifest.read_text())["subjects"]
+    return [{name: folder / path for name, path in record["files"].items()} | {"id": record["id"]} for record in records]
+
+
+def _classes(labels: np.ndarray) -> np.ndarray:
+    lut = np.zeros(max(int(labels.max()) + 1, max(LABELS) + 1), np.uint8)
+    lut[list(LABELS)] = np.arange(len(LABELS), dtype=np.uint8)
+    return lut[labels.astype(np.int64)]
+
+
+class SliceBank:
+    """The axial slices of a phantom folder in memory: maps ``[N, H, W]`` and classes, for crop sampling."""
+
+    def __init__(self, folder: PathLike, limit: Optional[int] = None) -> None:
+        subjects = _subject_files(Path(folder))[:limit]
+        maps: List[List[np.ndarray]] = [[], [], []]
+        classes = []
+        for files in subjects:
+            labels = read_volume(files["labels"])
+            if not np.allclose(labels.spacing, 1.0, atol=1e-3):
+                raise InputError(f"{files['labels']}: training needs 1 mm phantoms")
+            keep = np.flatnonzero(labels.array.reshape(labels.array.shape[0], -1).any(1))
+            classes.append(_classes(labels.array[keep]))
+            for n, name in enumerate(("t1", "t2", "pd")):
+                maps[n].append(read_volume(files[name]).array[keep].astype(np.float32))
+        self.t1, self.t2, self.pd = (torch.from_numpy(np.concatenate(m)) for m in maps)
+        self.classes = torch.from_numpy(np.concatenate(classes))
+        self.with_structures = torch.nonzero(self.classes.flatten(1).amax(1) > 0).flatten()
+        self.subjects = len(subjects)
+
+    def sample(self, count: int, crop: int, focus: float, rng: np.random.Generator) -> Tuple[torch.Tensor, ...]:
+        """``count`` random ``crop``-square patches: t1, t2, pd ``[B, crop, crop]`` and classes (long)."""
+        n, h, w = self.classes.shape
+        if h < crop or w < crop:
+            raise InputError(f"slices of {h}x{w} are smaller than the crop {crop}")
+        patches: List[List[torch.Tensor]] = [[], [], [], []]
+        for _ in range(count):
+            if rng.random() < focus:
+                s = int(self.with_structures[rng.integers(len(self.with_structures))])
+                ys, xs = torch.nonzero(self.classes[s], as_tuple=True)
+                pick = rng.integers(len(ys))
+                cy, cx = int(ys[pick]) + rng.integers(-crop // 4, crop // 4 + 1), int(xs[pick]) + rng.integers(-crop // 4, crop // 4 + 1)
+            else:
+                s, cy, cx = int(rng.integers(n)), int(rng.integers(h)), int(rng.integers(w))
+            y0 = int(np.clip(cy - crop // 2, 0, h - crop))
+            x0 = int(np.clip(cx - crop // 2, 0, w - crop))
+            for store, source in zip(patches, (self.t1, self.t2, self.pd, self.classes)):
+                store.append(source[s, y0:y0 + crop, x0:x0 + crop])
+        t1, t2, pd, classes = (torch.stack(p) for p in patches)
+        return t1, t2, pd, classes.long()
+
+
+def _scanner(config: TrainConfig, rng: np.random.Generator, maps_input: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One draw of acquisition effects for a batch (each image still gets its own noise and bias field)."""
+    generator = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+    loss = float(rng.uniform(*config.resolution_loss))
+    snr = float(rng.uniform(*config.snr))
+    if maps_input:  # fitted maps: noisy and blurred, but a coil bias cancels out of T1 and T2
+        return lambda x: scanner_effects(x, generator, snr=snr / 5, bias=0.0, resolution_loss=loss)
+    return lambda x: scanner_effects(x, generator, snr=None, sigma=1.0 / snr, bias=config.bias, resolution_loss=loss)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _dice_hd95(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float], hausdorff: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-structure Dice and 95 % Hausdorff (mm) of two class maps ``[k, j, i]`` (MONAI metrics)."""
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+    from monai.networks.utils import one_hot
+
+    classes = len(LABELS)
+    p = one_hot(torch.from_numpy(predicted.astype(np.int64))[None, None], classes)
+    t = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], classes)
+    dice = DiceMetric(include_background=False, ignore_empty=False)(p, t)[0].numpy()
+    if not hausdorff:
+        return dice, np.full_like(dice, np.nan)
+    hd = HausdorffDistanceMetric(include_background=False, percentile=95)(p, t, spacing=list(spacing)[::-1])[0].numpy()
+    return dice, hd
+
+
+def _bounding_slab(classes: np.ndarray, margin: int = 4) -> Tuple[slice, slice, slice]:
+    nonzero = np.argwhere(classes > 0)
+    low = np.maximum(nonzero.min(0) - margin, 0)
+    high = np.minimum(nonzero.max(0) + margin + 1, classes.shape)
+    return tuple(slice(a, b) for a, b in zip(low, high))  # type: ignore[return-value]
+
+
+class ValidationSet:
+    """Validation subjects cut to the slab around their structures: a quick Dice for model selection."""
+
+    def __init__(self, folder: PathLike, limit: Optional[int] = None) -> None:
+        self.items = []
+        for files in _subject_files(Path(folder))[:limit]:
+            classes = _classes(read_volume(files["labels"]).array)
+            box = _bounding_slab(classes)
+            maps = tuple(read_volume(files[n]).array[box[0]].astype(np.float32) for n in ("t1", "t2", "pd"))
+            self.items.append((maps, classes[box[0]]))
+
+    def mean_dice(self, model: SegmentationModel, device: torch.device) -> float:
+        scores = [_dice_hd95(predict_classes(model, *maps, device=device), classes, (1, 1, 1), hausdorff=False)[0]
+                  for maps, classes in self.items]
+        return float(np.mean(scores))
+
+
+def evaluate_folder(model: SegmentationModel, folder: PathLike, device: torch.device,
+                    progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Dice and HD95 of every structure of every subject of a phantom folder, through :func:`segment`."""
+    rows = []
+    for files in _subject_files(Path(folder)):
+        maps = load_maps(files["t1"], files["t2"], files["pd"])
+        start = time.perf_counter()
+        labels = segment(maps, model, device)
+        seconds = time.perf_counter() - start
+        truth = read_volume(files["labels"])
+        dice, hd = _dice_hd95(_classes(labels.array), _classes(truth.array), truth.spacing)
+        rows.append({"id": files["id"], "seconds": seconds, "dice": dice.tolist(), "hd95": hd.tolist()})
+        if progress is not None:
+            progress(f"{files['id']}: mean Dice {np.mean(dice):.3f}")
+    dice = np.array([r["dice"] for r in rows])
+    hd = np.array([r["hd95"] for r in rows])
+    return {"subjects": rows, "dice": dice.mean(0).tolist(), "hd95": hd.mean(0).tolist(),
+            "mean_dice": float(dice.mean()), "min_structure_dice": float(dice.mean(0).min()),
+            "mean_hd95": float(hd.mean())}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _protocol_log(model: SegmentationModel) -> List[Dict[str, Any]]:
+    if model.contrast is None:
+        return []
+    return [{"sequence": p.sequence, **{k: getattr(p, k) for k in ("tr", "te", "ti", "ti2", "flip") if getattr(p, k) is not None}}
+            for p in model.contrast.protocols()]
+
+
+def _schedule(config: TrainConfig, warmup_share: float) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_share`` of the run, then cosine decay to zero."""
+    warmup = max(1, int(config.steps * warmup_share))
+    return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+
+
+def train_variant(name: str, config: TrainConfig, bank: SliceBank, validation: ValidationSet, out: Path,
+                  device: torch.device, resume: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train one variant; ``out/<name>/`` gets ``checkpoint.pt`` (resumable), ``best.pt`` and ``history.json``."""
+    from monai.losses import DiceCELoss
+    from tqdm import tqdm
+
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = build_variant(name, config).to(device)
+    physics = [p for p in model.contrast.parameters() if p.requires_grad] if model.contrast is not None else []
+    groups = [{"params": list(model.unet.parameters()), "lr": config.lr, "weight_decay": config.weight_decay}]
+    if physics:
+        groups.append({"params": physics, "lr": config.physics_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    schedules = [_schedule(config, 0.05), _schedule(config, config.physics_warmup)][: len(groups)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    rng = np.random.default_rng(config.seed)  # the same crops, in the same order, for every variant
+    history: Dict[str, Any] = {"variant": name, "config": asdict(config), "evaluations": [], "seconds": 0.0,
+                               "start": _protocol_log(model)}
+    step, best = 0, -1.0
+    checkpoint = folder / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved["config"] != asdict(config):
+            raise InputError(f"{checkpoint} was written with another recipe; remove it or use --no-resume")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        step, history, best = saved["step"], saved["history"], saved["best"]
+        log(f"{name}: resuming at step {step}")
+    every = max(1, config.steps // config.evaluations)
+    running: List[float] = []
+    started = time.perf_counter() - history["seconds"]
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {name}", unit="step", dynamic_ncols=True)
+    while step < config.steps:
+        model.train()
+        t1, t2, pd, target = (x.to(device) for x in bank.sample(config.batch, config.crop, config.focus, rng))
+        logits = model(t1, t2, pd, _scanner(config, rng, model.contrast is None))
+        loss = loss_function(logits, target[:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        running.append(loss.detach().item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+        if step % every == 0 or step == config.steps:
+            dice = validation.mean_dice(model, device)
+            entry = {"step": step, "loss": float(np.mean(running)), "val_dice": dice, "protocols": _protocol_log(model),
+                     "seconds": time.perf_counter() - started}
+            history["evaluations"].append(entry)
+            history["seconds"] = entry["seconds"]
+            running = []
+            if dice > best:
+                best = dice
+                save_model(model, folder / "best.pt", {"step": step, "val_dice": dice})
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                        "history": history, "best": best, "config": asdict(config)}, checkpoint)
+            (folder / "history.json").write_text(json.dumps(history, indent=1))
+            bar.write(f"{name} step {step}: loss {entry['loss']:.3f}, val Dice {dice:.3f}"
+                      + "".join(f" | {_caption(p)}" for p in entry["protocols"]))
+    bar.close()
+    history["best_val_dice"] = best
+    return history
+
+
+def _caption(p: Dict[str, Any]) -> str:
+    return f"{p['sequence']} " + " ".join(f"{k.upper()} {v:.0f}" for k, v in p.items() if k != "sequence")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _table(results: Dict[str, Dict[str, Any]], split: str, key: str, fmt: str) -> List[str]:
+    names = [n for n in results if split in results[n]["evaluation"]]
+    lines = [f"| structure | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
+    for c, structure in enumerate(CLASS_NAMES[1:]):
+        lines.append(f"| {structure} | " + " | ".join(fmt.format(results[n]['evaluation'][split][key][c]) for n in names) + " |")
+    mean_key = "mean_dice" if key == "dice" else "mean_hd95"
+    lines.append("| **mean** | " + " | ".join(f"**{fmt.format(results[n]['evaluation'][split][mean_key])}**" for n in names) + " |")
+    return lines
+
+
+def write_report(results: Dict[str, Dict[str, Any]], out: Path) -> Path:
+    """``report.md`` (Dice and HD95 tables per split, learned parameters) and ``training.png``."""
+    lines = ["# Subcortical segmentation: learned contrast vs baselines", ""]
+    for split in ("test", "external"):
+        if not any(split in r["evaluation"] for r in results.values()):
+            continue
+        lines += [f"## {split}: Dice", ""] + _table(results, split, "dice", "{:.3f}") + [""]
+        lines += [f"## {split}: 95 % Hausdorff distance (mm)", ""] + _table(results, split, "hd95", "{:.2f}") + [""]
+    lines += ["## Contrasts (start -> selected model)", ""]
+    for name, result in results.items():
+        history = result["history"]
+        chosen = next((e for e in history["evaluations"] if e["val_dice"] == history["best_val_dice"]), None)
+        for k, start in enumerate(history["start"]):
+            end = chosen["protocols"][k] if chosen else start
+            lines.append(f"- {name} contrast {k + 1}: {_caption(start)} -> {_caption(end)}")
+    lines += ["", "## Training", ""]
+    for name, result in results.items():
+        history = result["history"]
+        lines.append(f"- {name}: {history['config']['steps']} steps in {history['seconds'] / 60:.1f} min, "
+                     f"best val Dice {history['best_val_dice']:.3f}")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plot(results, out / "training.png")
+    return out / "report.md"
+
+
+def _plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    learned = [n for n in results if results[n]["history"]["start"] and n != "fixed"]
+    figure, axes = plt.subplots(1, 2 + len(learned), figsize=(5 * (2 + len(learned)), 4), squeeze=False)
+    loss_axis, dice_axis = axes[0, 0], axes[0, 1]
+    for name, result in results.items():
+        evaluations = result["history"]["evaluations"]
+        steps = [e["step"] for e in evaluations]
+        loss_axis.plot(steps, [e["loss"] for e in evaluations], marker="o", label=name)
+        dice_axis.plot(steps, [e["val_dice"] for e in evaluations], marker="o", label=name)
+    loss_axis.set(title="training loss (Dice + CE)", xlabel="step")
+    dice_axis.set(title="validation mean Dice", xlabel="step")
+    loss_axis.legend()
+    dice_axis.legend()
+    for axis, name in zip(axes[0, 2:], learned):
+        history = results[name]["history"]
+        steps = [0] + [e["step"] for e in history["evaluations"]]
+        protocols = [history["start"]] + [e["protocols"] for e in history["evaluations"]]
+        for k in range(len(history["start"])):
+            for key, style in (("tr", "-"), ("te", ":"), ("ti", "--")):
+                if key in protocols[0][k]:
+                    axis.plot(steps, [p[k][key] for p in protocols], style, marker=".", color=f"C{k}",
+                              label=f"{k + 1} {protocols[0][k]['sequence']} {key.upper()}")
+        axis.set(yscale="log", title=f"{name}: sequence parameters", xlabel="step", ylabel="ms")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIANTS, config: Optional[TrainConfig] = None,
+                  device: torch.device = torch.device("cpu"), resume: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train every variant on ``data/train``, select on ``data/val``, evaluate on ``data/test`` and ``data/external``."""
+    config = config or TrainConfig()
+    data, out = Path(data), Path(out)
+    for split in ("train", "val", "test"):
+        if not (data / split / "manifest.json").is_file():
+            raise InputError(f"{data / split}: no phantom folder; write it with syntheticmri phantom --split {split} -o {data / split}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"loading {data / 'train'} and {data / 'val'}")
+    bank, validation = SliceBank(data / "train"), ValidationSet(data / "val")
+    log(f"{bank.subjects} training subjects ({len(bank.classes)} slices), {len(validation.items)} validation subjects; device {device}")
+    results: Dict[str, Dict[str, Any]] = {}
+    for name in variants:
+        history = train_variant(name, config, bank, validation, out, device, resume, log)
+        model = load_model(out / name / "best.pt", device)
+        evaluation = {}
+        for split in ("test", "external"):
+            if (data / split / "manifest.json").is_file():
+                evaluation[split] = evaluate_folder(model, data / split, device)
+                log(f"{name} {split}: mean Dice {evaluation[split]['mean_dice']:.3f}, "
+                    f"worst structure {evaluation[split]['min_structure_dice']:.3f}, HD95 {evaluation[split]['mean_hd95']:.2f} mm")
+        results[name] = {"history": history, "evaluation": evaluation, "weights": str(out / name / "best.pt"),
+                         "sha256": sha256(out / name / "best.pt")}
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, out)
+    log(f"report: {out / 'report.md'}, curves: {out / 'training.png'}")
+    return results
