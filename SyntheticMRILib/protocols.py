@@ -96,13 +96,13 @@ class Protocol:
 
     def caption(self) -> str:
         """``TR 500 TE 10`` and so on, for figure captions."""
-        parts = [f"TR {self.tr:g}", f"TE {self.te:g}"]
+        parts = [f"TR {round(float(self.tr), 1):g}", f"TE {round(float(self.te), 1):g}"]  # 0.1 ms: what a console shows
         if self.ti is not None:
             parts.append(f"TI {self.ti:.0f}")
         if self.ti2 is not None:
             parts.append(f"TI2 {self.ti2:.0f}")
         if self.flip is not None:
-            parts.append(f"FA {self.flip:g}°")
+            parts.append(f"FA {round(float(self.flip), 1):g}°")
         return " ".join(parts)
 
 

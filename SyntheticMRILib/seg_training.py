@@ -44,7 +44,7 @@ VARIANTS = ("learned", "fixed", "maps", "random")
 class TrainConfig:
     """The recipe; every variant of a run shares it."""
 
-    steps: int = 4000
+    steps: int = 5000
     batch: int = 16
     crop: int = 96
     lr: float = 2e-3
@@ -56,7 +56,7 @@ class TrainConfig:
     snr: Tuple[float, float] = (80.0, 250.0)  # SNR of a fully relaxed PD=1 signal: T2w WM then has 15-40
     bias: float = 0.2
     resolution_loss: Tuple[float, float] = (1.0, 2.0)
-    channels: Tuple[int, ...] = (16, 32, 64, 128)
+    channels: Tuple[int, ...] = (16, 32, 64, 128, 256)  # 5 levels: a 3-D structure's context in a 2-D slice
     num_res_units: int = 2
     seed: int = 0
     random_start_seed: int = 1
@@ -314,7 +314,7 @@ def _table(results: Dict[str, Dict[str, Any]], split: str, key: str, fmt: str) -
 
 
 def write_report(results: Dict[str, Dict[str, Any]], out: Path) -> Path:
-    """``report.md`` (Dice and HD95 tables per split, learned parameters) and ``training.png``."""
+    """``report.md`` (Dice and HD95 tables per split, learned parameters), ``training.png`` and ``dice.png``."""
     lines = ["# Subcortical segmentation: learned contrast vs baselines", ""]
     for split in ("test", "external"):
         if not any(split in r["evaluation"] for r in results.values()):
@@ -335,7 +335,37 @@ def write_report(results: Dict[str, Dict[str, Any]], out: Path) -> Path:
                      f"best val Dice {history['best_val_dice']:.3f}")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(results, out / "training.png")
+    _plot_dice(results, out / "dice.png")
     return out / "report.md"
+
+
+def _plot_dice(results: Dict[str, Dict[str, Any]], path: Path) -> None:
+    """Per-structure Dice of every variant, one panel per evaluated split: the comparison table as a picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [s for s in ("test", "external") if any(s in r["evaluation"] for r in results.values())]
+    if not splits:
+        return
+    figure, axes = plt.subplots(len(splits), 1, figsize=(15, 3.6 * len(splits)), squeeze=False)
+    width = 0.8 / len(results)
+    for axis, split in zip(axes[:, 0], splits):
+        for n, (name, result) in enumerate(results.items()):
+            if split not in result["evaluation"]:
+                continue
+            scores = result["evaluation"][split]
+            x = np.arange(len(CLASS_NAMES) - 1) + (n - (len(results) - 1) / 2) * width
+            axis.bar(x, scores["dice"], width, label=f"{name} (mean {scores['mean_dice']:.3f})", color=f"C{n}")
+        axis.set_xticks(np.arange(len(CLASS_NAMES) - 1), [c.replace("-area", "").replace("-", "\n", 1) for c in CLASS_NAMES[1:]], fontsize=7)
+        lowest = min(min(r["evaluation"][split]["dice"]) for r in results.values() if split in r["evaluation"])
+        axis.set(ylim=(min(0.5, np.floor(lowest * 10) / 10), 1.0), ylabel="Dice", title=f"{split}: Dice per structure")
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
@@ -372,7 +402,150 @@ def _plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+# --------------------------------------------------------------------------- the model card
+
+def _sources(data: Path, split: str) -> List[str]:
+    return sorted(json.loads((data / split / "manifest.json").read_text())["sources"])
+
+
+def _phantom_command(data: Path, split: str) -> str:
+    info = json.loads((data / split / "manifest.json").read_text())
+    sources = "" if split == "external" else f" --sources {','.join(sorted(info['sources']))}"
+    return f"syntheticmri phantom --split {split} --count {info['count']} --seed {info['seed']}{sources} -o data/{split}"
+
+
+def _split_summary(data: Path, split: str) -> str:
+    manifest = data / split / "manifest.json"
+    if not manifest.is_file():
+        return f"- `{split}`: not generated"
+    info = json.loads(manifest.read_text())
+    subjects = info["subjects"]
+    fields = sorted({s["field_strength"] for s in subjects})
+    anatomy = sorted({s["anatomy"] for s in subjects})
+    return (f"- `{split}`: {len(subjects)} subjects (seed {info['seed']}), anatomy {', '.join(anatomy)}, "
+            f"{', '.join(f'{f:g} T' for f in fields)}, "
+            f"{info['resolution_mm']:g} mm, lesions: {info['lesions']}")
+
+
+def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, config: TrainConfig,
+                     device: torch.device) -> Path:
+    """``out/model/``: the shippable files (``subcortical.pt``, ``baselines/<variant>.pt``, the two figures) and
+    ``MODEL_CARD.md`` with data, recipe, learned parameters, the comparison table and every file's sha256."""
+    import platform
+    import shutil
+
+    ship = out / "model"
+    (ship / "baselines").mkdir(parents=True, exist_ok=True)
+    files = {"subcortical.pt": out / "learned" / "best.pt"}
+    files.update({f"baselines/{name}.pt": out / name / "best.pt" for name in results if name != "learned"})
+    for target, source in files.items():
+        shutil.copyfile(source, ship / target)
+    for figure in ("training.png", "dice.png"):
+        shutil.copyfile(out / figure, ship / figure)
+    learned = results["learned"]["history"]
+    chosen = next(e for e in learned["evaluations"] if e["val_dice"] == learned["best_val_dice"])
+    minutes = sum(r["history"]["seconds"] for r in results.values()) / 60
+    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    threads = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
+    lines = [
+        "# Model card: subcortical segmentation from learned synthetic contrasts",
+        "",
+        "`subcortical.pt` segments 14 subcortical structures (thalamus, caudate, putamen, pallidum, hippocampus, "
+        "amygdala, accumbens; left and right; FreeSurfer numbering) from quantitative T1, T2 (ms) and PD maps at "
+        "1 mm. A learnable contrast module synthesizes three weighted images through the physics layer "
+        "(spin echo, spin echo, inversion recovery) whose TR/TE/TI were trained jointly with a MONAI 2-D U-Net "
+        "by the Dice+CE loss. Use: `syntheticmri segment --t1 T1 --t2 T2 --pd PD -o seg.nrrd`.",
+        "",
+        "## Intended use and limits",
+        "",
+        "- Research use on whole-brain adult T1/T2/PD maps (any grid: inputs are resampled to 1 mm and back). "
+        "Not a medical device.",
+        f"- Trained only on phantoms: every training subject is a diffeomorphic warp of one of "
+        f"{len(_sources(data, 'train'))} anatomies ({', '.join(_sources(data, 'train'))}) with drawn relaxation "
+        "values at 3 T. `test` holds unseen warps of the same anatomies, so its scores are optimistic; `external` "
+        "is another anatomy (IBSR) at 1.5 T and is the honest estimate of generalization. No real acquired maps "
+        "were available offline.",
+        "- Healthy anatomy only; lesions near the structures were not part of training.",
+        "",
+        "## Data and splits",
+        "",
+        *[_split_summary(data, split) for split in ("train", "val", "test", "external")],
+        "- Model selection on `val` only (mean Dice over the structure slab every "
+        f"{config.steps // config.evaluations} steps); `test` and `external` were read once, after training.",
+        "",
+        "## Recipe",
+        "",
+        f"- U-Net: MONAI `UNet`, 2-D, channels {list(config.channels)}, strides 2, {config.num_res_units} residual "
+        "units, 15 outputs; input: the 3 contrasts, each divided by its mean inside the head.",
+        f"- {config.steps} AdamW steps of {config.batch} crops of {config.crop}x{config.crop} axial pixels "
+        f"({config.focus:.0%} centred on a structure), U-Net lr {config.lr:g} (5 % warm-up, cosine), physics lr "
+        f"{config.physics_lr:g} on the unconstrained parameters (warm-up over {config.physics_warmup:.0%} of the run), "
+        f"weight decay {config.weight_decay:g}, MONAI `DiceCELoss`, seed {config.seed}.",
+        f"- Augmentation, applied to the synthesized images as a scanner would: Rician noise at SNR "
+        f"{config.snr[0]:g}-{config.snr[1]:g} for a fully relaxed PD=1 signal (absolute, so a darker contrast is "
+        f"noisier), smooth coil bias (log-sd {config.bias:g}), resolution loss {config.resolution_loss[0]:g}-"
+        f"{config.resolution_loss[1]:g}x. The raw-maps baseline gets noise (relative SNR {config.snr[0] / 5:g}-"
+        f"{config.snr[1] / 5:g}) and blur, no bias.",
+        f"- Baselines in the same run, same data order, steps and augmentation: `fixed` (the presets T1w, T2w, "
+        f"T2-FLAIR, frozen), `maps` (no physics), `random` (the LCM from a random start, seed {config.random_start_seed}).",
+        f"- Trained by `syntheticmri train-seg` on {machine} ({device.type}, {threads} per variant): {minutes:.0f} min "
+        "of training summed over the variants (validation included, test evaluation not).",
+        "",
+        "## Learned sequence parameters (selected model, step " + str(chosen["step"]) + ")",
+        "",
+        "| contrast | start (preset) | learned |",
+        "|---|---|---|",
+        *[f"| {k + 1} | {_caption(s)} | {_caption(e)} |" for k, (s, e) in enumerate(zip(learned["start"], chosen["protocols"]))],
+        "",
+        report.strip(),
+        "",
+        "![Dice per structure of every variant](dice.png)",
+        "",
+        "![training curves and parameter trajectories](training.png)",
+        "",
+        "## Files",
+        "",
+        *[f"- `{target}`, {(ship / target).stat().st_size / 2 ** 20:.1f} MiB, sha256 `{sha256(ship / target)}`"
+          for target in files],
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "syntheticmri phantom --fetch-sources",
+        *[_phantom_command(data, split) for split in ("train", "val", "test", "external")
+          if (data / split / "manifest.json").is_file()],
+        f"syntheticmri train-seg --data data -o runs/seg --steps {config.steps} --batch {config.batch} --crop {config.crop}",
+        "cp -r runs/seg/model/* Resources/Models/",
+        "```",
+    ]
+    card = ship / "MODEL_CARD.md"
+    card.write_text("\n".join(lines) + "\n")
+    return card
+
+
 # --------------------------------------------------------------------------- the command
+
+
+def _evaluate_once(folder: Path, data: Path, device: torch.device, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Test and external scores of ``folder/best.pt``, kept in ``folder/evaluation.json`` with the weights' sha256:
+    a later run (another variant list, a resumed run) reuses them instead of reading the test data again."""
+    weights, cache = folder / "best.pt", folder / "evaluation.json"
+    digest = sha256(weights)
+    splits = [s for s in ("test", "external") if (data / s / "manifest.json").is_file()]
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["sha256"] == digest and saved["data"] == str(data.resolve()) and sorted(saved["splits"]) == sorted(splits):
+            log(f"{folder.name}: test scores of these weights already measured ({cache})")
+            return saved["splits"]
+    model = load_model(weights, device)
+    evaluation = {}
+    for split in splits:
+        evaluation[split] = evaluate_folder(model, data / split, device)
+        log(f"{folder.name} {split}: mean Dice {evaluation[split]['mean_dice']:.3f}, "
+            f"worst structure {evaluation[split]['min_structure_dice']:.3f}, HD95 {evaluation[split]['mean_hd95']:.2f} mm")
+    cache.write_text(json.dumps({"sha256": digest, "data": str(data.resolve()), "splits": evaluation}, indent=1))
+    return evaluation
 
 
 def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIANTS, config: Optional[TrainConfig] = None,
@@ -393,16 +566,13 @@ def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIA
     results: Dict[str, Dict[str, Any]] = {}
     for name in variants:
         history = train_variant(name, config, bank, validation, out, device, resume, log)
-        model = load_model(out / name / "best.pt", device)
-        evaluation = {}
-        for split in ("test", "external"):
-            if (data / split / "manifest.json").is_file():
-                evaluation[split] = evaluate_folder(model, data / split, device)
-                log(f"{name} {split}: mean Dice {evaluation[split]['mean_dice']:.3f}, "
-                    f"worst structure {evaluation[split]['min_structure_dice']:.3f}, HD95 {evaluation[split]['mean_hd95']:.2f} mm")
+        evaluation = _evaluate_once(out / name, data, device, log)
         results[name] = {"history": history, "evaluation": evaluation, "weights": str(out / name / "best.pt"),
                          "sha256": sha256(out / name / "best.pt")}
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
+    if "learned" in results:
+        card = write_model_card(results, data, out, config, device)
+        log(f"model to ship: {card.parent} (copy its files into Resources/Models)")
     log(f"report: {out / 'report.md'}, curves: {out / 'training.png'}")
     return results

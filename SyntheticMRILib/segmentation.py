@@ -37,7 +37,6 @@ CLASS_NAMES: Tuple[str, ...] = ("background",) + tuple(STRUCTURES)
 MODEL_SPACING_MM = 1.0
 _LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _MAP_SCALE = (1000.0, 100.0, 1.0)  # raw-map input: T1/1000 ms, T2/100 ms, PD: all of order 1
-_DOWNSAMPLINGS = 3
 
 
 class SegmentationModel(nn.Module):
@@ -64,6 +63,11 @@ class SegmentationModel(nn.Module):
         channels = tuple(self.config["channels"])
         self.unet = UNet(spatial_dims=2, in_channels=channels_in, out_channels=len(LABELS), channels=channels,
                          strides=(2,) * (len(channels) - 1), num_res_units=int(self.config["num_res_units"]))
+
+    @property
+    def size_multiple(self) -> int:
+        """Slice height and width must be multiples of this (one halving per U-Net level)."""
+        return 2 ** (len(self.config["channels"]) - 1)
 
     def images(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
                scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
@@ -191,7 +195,7 @@ def predict_classes(model: SegmentationModel, t1: np.ndarray, t2: np.ndarray, pd
     total = k1 - k0
     for start in range(0, total, batch):
         part = [m[start:start + batch].to(device) for m in maps]
-        padded = [_pad_to(m, 2 ** _DOWNSAMPLINGS)[0] for m in part]
+        padded = [_pad_to(m, model.size_multiple)[0] for m in part]
         logits = model(*padded)[..., : part[0].shape[-2], : part[0].shape[-1]]
         out[k0 + start: k0 + start + len(part[0]), j0:j1, i0:i1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
         if progress is not None:

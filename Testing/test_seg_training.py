@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -108,3 +109,33 @@ def test_train_variant_checkpoints_selects_on_val_and_resumes(tmp_path, bank, sa
 def test_train_command_refuses_a_data_folder_without_splits(tmp_path):
     with pytest.raises(InputError, match="syntheticmri phantom --split train"):
         train_command(tmp_path, tmp_path / "out")
+
+
+def test_train_command_writes_the_model_card_and_measures_each_model_once(tmp_path, monkeypatch):
+    """Variants trained by separate runs (e.g. in parallel) meet in one report; test scores are not measured twice."""
+    from SyntheticMRILib import seg_training
+    from SyntheticMRILib.segmentation import sha256
+
+    files = {name: str(path) for name, path in sample_paths().items()}
+    subject = {"id": "sample", "files": files, "anatomy": "cvs_avg35", "field_strength": 3.0}
+    manifest = {"seed": 0, "count": 1, "resolution_mm": 1.0, "lesions": "none", "sources": {"sample": {}},
+                "subjects": [subject]}
+    for split in ("train", "val", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / "manifest.json").write_text(json.dumps(manifest))
+    measured = []
+    evaluate = seg_training.evaluate_folder
+    monkeypatch.setattr(seg_training, "evaluate_folder", lambda model, folder, *a, **k: measured.append(model.config["variant"])
+                        or evaluate(model, folder, *a, **k))
+    config, out = TrainConfig(**TINY), tmp_path / "out"
+    train_command(tmp_path / "data", out, ["maps"], config, log=lambda _: None)
+    results = train_command(tmp_path / "data", out, ["learned", "maps"], config, log=lambda _: None)
+    assert measured == ["maps", "learned"]
+    assert set(results) == {"learned", "maps"} and 0.0 <= results["maps"]["evaluation"]["test"]["mean_dice"] <= 1.0
+    card = (out / "model" / "MODEL_CARD.md").read_text()
+    listed = dict(re.findall(r"`([\w./]+\.pt)`[^\n]*sha256 `([0-9a-f]{64})`", card))
+    assert set(listed) == {"subcortical.pt", "baselines/maps.pt"}
+    for name, digest in listed.items():
+        assert sha256(out / "model" / name) == digest == sha256(out / ("learned" if name == "subcortical.pt" else "maps") / "best.pt")
+    assert "syntheticmri phantom --split train --count 1 --seed 0 --sources sample -o data/train" in card
+    assert "| structure | learned | maps |" in card  # one table, both models
