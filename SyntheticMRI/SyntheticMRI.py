@@ -726,7 +726,7 @@ class SyntheticMRILogic(ScriptedLoadableModuleLogic):
 
 class SyntheticMRITest(ScriptedLoadableModuleTest):
     """End to end on the bundled sample: T2-FLAIR on the input grid, CSF dark against white matter,
-    and the slice preview equal to the whole-volume result."""
+    the slice preview equal to the whole-volume result, and the subcortical segmentation."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -734,6 +734,24 @@ class SyntheticMRITest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SampleFlair()
+        self.setUp()
+        self.test_SampleSegment()
+
+    def test_SampleSegment(self):
+        import numpy as np
+
+        logic = SyntheticMRILogic()
+        self.assertTrue(logic.ensureDependencies(extras=True), "the Python packages could not be installed")
+        nodes = logic.loadSample()
+        self.delayDisplay("Segmenting the sample (out of process)")
+        segmentation, table = logic.segment(nodes["t1"], nodes["t2"], nodes["pd"])
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 14)
+        self.assertEqual(table.GetNumberOfRows(), 14)
+        bridge = library("slicer_bridge")
+        found = bridge.labels_from_segmentation(segmentation, nodes["t1"]).array
+        truth = bridge.labels_from_segmentation(nodes["segmentation"], nodes["t1"]).array
+        dice = library("segmentation").structure_dice(found, truth)
+        self.assertGreater(np.mean(list(dice.values())), 0.8, dice)
 
     def test_SampleFlair(self):
         import numpy as np

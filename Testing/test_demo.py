@@ -71,7 +71,8 @@ def test_scene_holds_maps_contrasts_and_named_segments(demo):
         segmentation = archive.read(next(n for n in names if n.endswith(".seg.nrrd")))
     volume_names = set(re.findall(r'<Volume\b[^>]*\bname="([^"]+)"', mrml))
     assert {"T1 map (ms)", "T2 map (ms)", "PD map", *PRESETS} <= volume_names
-    assert re.search(r'<Segmentation\b[^>]*\bname="Labels"', mrml)
+    assert {"Sample labels", "Subcortical segmentation"} <= set(re.findall(r'<Segmentation\b[^>]*\bname="([^"]+)"', mrml))
+    assert {"Learned 1", "Learned 2", "Learned 3"} <= volume_names
     header = segmentation[: segmentation.index(b"\n\n")].decode(errors="replace")
     segment_names = set(re.findall(r"Segment\d+_Name:=(.+)", header))
     for side in ("Left", "Right"):

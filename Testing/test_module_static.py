@@ -584,8 +584,13 @@ def test_logic_previews_the_views_of_the_layout_by_default_and_converts_the_maps
     assert logic._cache.loads == 2
 
 
-def test_the_module_self_test_passes_on_real_mrml(module):
-    """SyntheticMRITest, which Slicer runs as a ctest, headless: the bundled sample end to end."""
+def test_the_module_self_test_passes_on_real_mrml(module, monkeypatch, tmp_path):
+    """SyntheticMRITest, which Slicer runs as a ctest, headless: the bundled sample end to end, the segmentation
+    in a real child process (slicer.app stands in for what the application gives: a temporary folder, testing on)."""
+    import slicer
+
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path), testingEnabled=lambda: True),
+                        raising=False)
     result = unittest.TestResult()
     module.SyntheticMRITest().run(result)
     assert result.testsRun == 1 and result.wasSuccessful(), result.errors + result.failures
@@ -938,6 +943,69 @@ def test_widget_reports_a_python_that_does_not_start(module, monkeypatch, tmp_pa
     widget.onBatchRun()
     assert ui.batchStatusLabel.text == f"Failed: could not start {tmp_path / 'PythonSlicer'}"
     assert widget._batchJob is None and ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+
+
+def segmentation_widget(module, monkeypatch, tmp_path):
+    """The widget with stand-ins for the segmentation section's widgets, the sample maps as inputs, a fake QProcess."""
+    import contextlib
+
+    import slicer
+
+    names = ("segmentButton", "learnedContrastButton", "segmentationCancelButton", "segmentationProgressBar",
+             "segmentationStatusLabel")
+    ui = types.SimpleNamespace(**{name: types.SimpleNamespace(enabled=True, maximum=100, value=0, text="") for name in names})
+    assert set(vars(ui)) | {"volumesTableView"} <= set(ui_widgets())
+    shown = []
+    ui.volumesTableView = types.SimpleNamespace(setMRMLTableNode=shown.append)
+    widget = module.SyntheticMRIWidget()
+    module.SyntheticMRIWidget.__init__(widget)
+    widget.ui, widget.logic = ui, module.SyntheticMRILogic()
+    nodes = widget.logic.loadSample()
+    widget._parameterNode = types.SimpleNamespace(t1Volume=nodes["t1"], t2Volume=nodes["t2"], pdVolume=nodes["pd"],
+                                                  outputVolume=None, units="ms", device="cpu")
+    monkeypatch.setattr(module.qt, "QProcess", FakeQProcess, raising=False)
+    monkeypatch.setattr(module.qt, "QTimer", types.SimpleNamespace(singleShot=lambda ms, f: None), raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path), testingEnabled=lambda: True),
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **k: None)
+    widget._updateSegmentationButtons()
+    return widget, ui, shown
+
+
+def test_widget_segments_and_synthesizes_the_learned_contrasts_out_of_process(module, monkeypatch, tmp_path):
+    import slicer
+
+    widget, ui, shown = segmentation_widget(module, monkeypatch, tmp_path)
+    widget.onMapsJob("segment")
+    assert not ui.segmentButton.enabled and ui.segmentationCancelButton.enabled
+    assert widget._segmentationJob.process.pump(timeout=300)
+    assert re.fullmatch(r"14 structures, [\d.]+ ml in all\.", ui.segmentationStatusLabel.text), ui.segmentationStatusLabel.text
+    assert ui.segmentButton.enabled and not ui.segmentationCancelButton.enabled
+    segmentation = slicer.mrmlScene.GetFirstNodeByName("Subcortical segmentation").GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 14 and segmentation.GetSegment("Left-Thalamus") is not None
+    (table,) = shown
+    assert table.GetNumberOfRows() == 14 and table.GetCellText(0, 0) == "Left-Thalamus" and float(table.GetCellText(0, 2)) > 4
+    assert not any(tmp_path.iterdir())  # the job folder is gone
+
+    widget.onMapsJob("contrast")
+    assert widget._segmentationJob.process.pump(timeout=300)
+    lines = ui.segmentationStatusLabel.text.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("Learned contrast 1 (SE TR ")
+    node = slicer.mrmlScene.GetFirstNodeByName(lines[2].split(": ")[0])
+    assert node.GetAttribute(module.PROTOCOL_ATTRIBUTE).startswith("ir TR ")
+
+
+def test_widget_cancels_a_segmentation(module, monkeypatch, tmp_path):
+    import slicer
+
+    widget, ui, _ = segmentation_widget(module, monkeypatch, tmp_path)
+    widget.onMapsJob("segment")
+    process = widget._segmentationJob.process
+    widget._segmentationJob.cancel()
+    assert process.pump(timeout=30)
+    assert ui.segmentationStatusLabel.text == "Cancelled." and ui.segmentButton.enabled
+    assert slicer.mrmlScene.GetFirstNodeByName("Subcortical segmentation") is None and not any(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- CMake, against a stub Slicer

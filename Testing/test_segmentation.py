@@ -36,10 +36,10 @@ def sample_segmentation(sample):
 
 def test_shipped_weights_match_the_model_card():
     card = resource_path("Models", "MODEL_CARD.md").read_text()
-    listed = dict(re.findall(r"`([\w.]+\.pt)`[^\n]*sha256 `([0-9a-f]{64})`", card))
-    assert "subcortical.pt" in listed
+    listed = dict(re.findall(r"`([\w./]+\.pt)`[^\n]*sha256 `([0-9a-f]{64})`", card))
+    assert {"subcortical.pt", "baselines/fixed.pt", "baselines/maps.pt", "baselines/random.pt"} <= set(listed)
     for name, digest in listed.items():
-        assert sha256(resource_path("Models", name)) == digest, name
+        assert sha256(resource_path("Models", *name.split("/"))) == digest, name
     assert default_model_path().stat().st_size < 20 * 2 ** 20
 
 
