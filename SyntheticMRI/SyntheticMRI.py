@@ -671,8 +671,12 @@ class SyntheticMRILogic(ScriptedLoadableModuleLogic):
 
         bridge, volumes, batch = library("slicer_bridge"), library("volumes"), library("batch")
         folder = tempfile.mkdtemp(prefix="SyntheticMRI-", dir=slicer.app.temporaryPath)
-        for name, node in zip(batch.MAP_NAMES, (t1Node, t2Node, pdNode)):
-            volumes.write_volume(bridge.volume_from_node(node), Path(folder) / f"{name}.nrrd")
+        try:
+            for name, node in zip(batch.MAP_NAMES, (t1Node, t2Node, pdNode)):
+                volumes.write_volume(bridge.volume_from_node(node), Path(folder) / f"{name}.nrrd")
+        except Exception:
+            self.removeJobFolder(folder)  # a map that cannot be written leaves no folder behind
+            raise
         return folder, batch.maps_job(batch.slicer_python(), command, folder, units, device)
 
     def loadSegmentation(self, folder: str, referenceNode=None):

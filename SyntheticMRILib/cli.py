@@ -160,7 +160,7 @@ def _synthesize(maps: Maps, protocol: Protocol, device: torch.device, fused: boo
     t1, t2, pd = maps.tensors(device)
     try:
         return synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError is torch >= 2.5 only
         raise InputError(f"out of memory on {device} for a {maps.t1.shape} volume; try --device cpu") from None
 
 
@@ -218,17 +218,27 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     phantom_command(args)
 
 
+def _check_free(paths: Sequence[Optional[Path]], overwrite: bool) -> None:
+    """Side files (not volumes): refuse one that exists unless ``overwrite``, or whose folder is missing."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+        if not path.parent.is_dir():
+            raise InputError(f"{path.parent}: no such folder")
+
+
 def cmd_segment(args: argparse.Namespace) -> None:
     from .labels import write_color_table, write_seg_nrrd
     from .segmentation import label_volumes_ml, load_model, segment
 
-    table = args.output.with_name(args.output.name.split(".")[0] + ".ctbl")
-    for path in (args.output, args.seg_out, table, args.volumes):
-        if path is not None and path.exists() and not args.overwrite:
-            raise InputError(f"{path}: already exists; pass --overwrite to replace it")
-    check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite)  # every output is checked before any work, so nothing is lost
+    stem = next(args.output.name[: -len(e)] for e in EXTENSIONS if args.output.name.lower().endswith(e))
+    table = args.output.with_name(stem + ".ctbl")
     if args.seg_out is not None and not args.seg_out.name.endswith(".seg.nrrd"):
         raise InputError(f"{args.seg_out}: --seg-out must end in .seg.nrrd")
+    _check_free([table, args.seg_out, args.volumes], args.overwrite)
     device = pick_device(args.device)
     maps = load_maps(args.t1, args.t2, args.pd, args.units)
     for note in maps.notes:
@@ -261,6 +271,8 @@ def cmd_contrast(args: argparse.Namespace) -> None:
     paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
     for path in paths:
         check_output(path, args.overwrite)
+    if (args.output / "learned.json").exists() and not args.overwrite:
+        raise InputError(f"{args.output / 'learned.json'}: already exists; pass --overwrite to replace it")
     device = pick_device(args.device)
     maps = load_maps(args.t1, args.t2, args.pd, args.units)
     report = _progress(args, "contrast")

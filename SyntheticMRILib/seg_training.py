@@ -35,7 +35,8 @@ from .phantom_data import scanner_effects
 from .segmentation import CLASS_NAMES, LABELS, SegmentationModel, load_model, predict_classes, save_model, segment, sha256
 from .volumes import PathLike, read_volume
 
-__all__ = ["TrainConfig", "VARIANTS", "build_variant", "SliceBank", "train_variant", "evaluate_folder", "train_command"]
+__all__ = ["TrainConfig", "VARIANTS", "build_variant", "SliceBank", "train_variant", "evaluate_folder", "summarize",
+           "train_command"]
 
 VARIANTS = ("learned", "fixed", "maps", "random")
 
@@ -201,11 +202,20 @@ def evaluate_folder(model: SegmentationModel, folder: PathLike, device: torch.de
         rows.append({"id": files["id"], "seconds": seconds, "dice": dice.tolist(), "hd95": hd.tolist()})
         if progress is not None:
             progress(f"{files['id']}: mean Dice {np.mean(dice):.3f}")
-    dice = np.array([r["dice"] for r in rows])
-    hd = np.array([r["hd95"] for r in rows])
-    return {"subjects": rows, "dice": dice.mean(0).tolist(), "hd95": hd.mean(0).tolist(),
+    return summarize(rows)
+
+
+def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Means over subjects of per-subject scores. A structure the model did not find at all has no Hausdorff
+    distance: HD95 averages the cases that have one and ``missed`` counts the others (subject x structure)."""
+    dice = np.array([r["dice"] for r in rows], float)
+    hd = np.array([r["hd95"] for r in rows], float)
+    found = np.isfinite(hd)
+    hd_sum = np.where(found, hd, 0.0)
+    per_structure = np.divide(hd_sum.sum(0), found.sum(0), out=np.full(hd.shape[1], np.nan), where=found.any(0))
+    return {"subjects": rows, "dice": dice.mean(0).tolist(), "hd95": per_structure.tolist(),
             "mean_dice": float(dice.mean()), "min_structure_dice": float(dice.mean(0).min()),
-            "mean_hd95": float(hd.mean())}
+            "mean_hd95": float(hd_sum.sum() / max(found.sum(), 1)), "missed": int((~found).sum())}
 
 
 # --------------------------------------------------------------------------- training
@@ -310,6 +320,9 @@ def _table(results: Dict[str, Dict[str, Any]], split: str, key: str, fmt: str) -
         lines.append(f"| {structure} | " + " | ".join(fmt.format(results[n]['evaluation'][split][key][c]) for n in names) + " |")
     mean_key = "mean_dice" if key == "dice" else "mean_hd95"
     lines.append("| **mean** | " + " | ".join(f"**{fmt.format(results[n]['evaluation'][split][mean_key])}**" for n in names) + " |")
+    if key == "hd95":
+        lines.append("| structures not found (subject x structure) | "
+                     + " | ".join(str(results[n]["evaluation"][split]["missed"]) for n in names) + " |")
     return lines
 
 
@@ -404,8 +417,8 @@ def _plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 # --------------------------------------------------------------------------- the model card
 
-def _sources(data: Path, split: str) -> List[str]:
-    return sorted(json.loads((data / split / "manifest.json").read_text())["sources"])
+def _anatomies(data: Path, split: str) -> List[str]:
+    return sorted({s["anatomy"] for s in json.loads((data / split / "manifest.json").read_text())["subjects"]})
 
 
 def _phantom_command(data: Path, split: str) -> str:
@@ -453,19 +466,23 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "",
         "`subcortical.pt` segments 14 subcortical structures (thalamus, caudate, putamen, pallidum, hippocampus, "
         "amygdala, accumbens; left and right; FreeSurfer numbering) from quantitative T1, T2 (ms) and PD maps at "
-        "1 mm. A learnable contrast module synthesizes three weighted images through the physics layer "
-        "(spin echo, spin echo, inversion recovery) whose TR/TE/TI were trained jointly with a MONAI 2-D U-Net "
-        "by the Dice+CE loss. Use: `syntheticmri segment --t1 T1 --t2 T2 --pd PD -o seg.nrrd`.",
+        f"1 mm. A learnable contrast module synthesizes {len(learned['start'])} weighted images through the physics "
+        f"layer ({', '.join(p['sequence'] for p in learned['start'])}, started at the {', '.join(DEFAULT_PRESETS)} "
+        "presets) whose parameters were trained jointly with a MONAI 2-D U-Net by the Dice+CE loss. "
+        "Use: `syntheticmri segment --t1 T1 --t2 T2 --pd PD -o seg.nrrd`.",
         "",
         "## Intended use and limits",
         "",
         "- Research use on whole-brain adult T1/T2/PD maps (any grid: inputs are resampled to 1 mm and back). "
         "Not a medical device.",
         f"- Trained only on phantoms: every training subject is a diffeomorphic warp of one of "
-        f"{len(_sources(data, 'train'))} anatomies ({', '.join(_sources(data, 'train'))}) with drawn relaxation "
+        f"{len(_anatomies(data, 'train'))} anatomies ({', '.join(_anatomies(data, 'train'))}) with drawn relaxation "
         "values at 3 T. `test` holds unseen warps of the same anatomies, so its scores are optimistic; `external` "
-        "is another anatomy (IBSR) at 1.5 T and is the honest estimate of generalization. No real acquired maps "
-        "were available offline.",
+        "is another anatomy (IBSR) at 1.5 T and is the honest estimate of generalization. The bundled sample is "
+        "cvs_avg35 itself: a Dice on it is a regression check, not a generalization estimate. No real acquired "
+        "maps were available offline.",
+        "- `subcortical.pt` is the `learned` variant by design (the product's model is the learned contrast); the "
+        "comparison below did not choose it.",
         "- Healthy anatomy only; lesions near the structures were not part of training.",
         "",
         "## Data and splits",
@@ -477,7 +494,8 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "## Recipe",
         "",
         f"- U-Net: MONAI `UNet`, 2-D, channels {list(config.channels)}, strides 2, {config.num_res_units} residual "
-        "units, 15 outputs; input: the 3 contrasts, each divided by its mean inside the head.",
+        "units, 15 outputs; input: the 3 contrasts, each divided by its mean over the head voxels of the image "
+        "the U-Net is given (a crop in training, a whole axial slice at inference).",
         f"- {config.steps} AdamW steps of {config.batch} crops of {config.crop}x{config.crop} axial pixels "
         f"({config.focus:.0%} centred on a structure), U-Net lr {config.lr:g} (5 % warm-up, cosine), physics lr "
         f"{config.physics_lr:g} on the unconstrained parameters (warm-up over {config.physics_warmup:.0%} of the run), "
@@ -537,7 +555,7 @@ def _evaluate_once(folder: Path, data: Path, device: torch.device, log: Callable
         saved = json.loads(cache.read_text())
         if saved["sha256"] == digest and saved["data"] == str(data.resolve()) and sorted(saved["splits"]) == sorted(splits):
             log(f"{folder.name}: test scores of these weights already measured ({cache})")
-            return saved["splits"]
+            return {split: summarize(evaluation["subjects"]) for split, evaluation in saved["splits"].items()}
     model = load_model(weights, device)
     evaluation = {}
     for split in splits:

@@ -169,10 +169,10 @@ def _resample(volume: Volume, reference: Volume, interpolator: int) -> np.ndarra
 # --------------------------------------------------------------------------- inference
 
 
-def _pad_to(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last two axes up to multiples of ``multiple`` (bottom and right; cropped off after)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return torch.nn.functional.pad(x, (0, pw, 0, ph)), (h, w)
+    return torch.nn.functional.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
 
 
 @torch.no_grad()
@@ -195,7 +195,7 @@ def predict_classes(model: SegmentationModel, t1: np.ndarray, t2: np.ndarray, pd
     total = k1 - k0
     for start in range(0, total, batch):
         part = [m[start:start + batch].to(device) for m in maps]
-        padded = [_pad_to(m, model.size_multiple)[0] for m in part]
+        padded = [_pad_to(m, model.size_multiple) for m in part]
         logits = model(*padded)[..., : part[0].shape[-2], : part[0].shape[-1]]
         out[k0 + start: k0 + start + len(part[0]), j0:j1, i0:i1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
         if progress is not None:
@@ -230,7 +230,7 @@ def segment(maps: Maps, model: Optional[SegmentationModel] = None, device: torch
     start = time.perf_counter()
     try:
         classes = predict_classes(model, *arrays, device=device, progress=progress)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError is torch >= 2.5 only
         raise InputError(f"out of memory on {device}; try --device cpu") from None
     classes = keep_largest_components(classes)
     log(f"network {time.perf_counter() - start:.1f} s on {device}")

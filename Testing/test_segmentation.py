@@ -44,6 +44,8 @@ def test_shipped_weights_match_the_model_card():
 
 
 def test_segment_on_the_sample_reaches_the_dice_bar_on_its_grid(sample, sample_segmentation):
+    """A regression check: the sample's anatomy (cvs_avg35) is one of the training anatomies; generalization is
+    measured on the phantoms' external split (model card)."""
     maps, labels = sample
     assert sample_segmentation.same_grid(labels, tolerance=0) and sample_segmentation.array.dtype == np.uint16
     assert set(np.unique(sample_segmentation.array)) <= {0, *STRUCTURES.values()}
@@ -162,6 +164,8 @@ def test_cli_segment_and_learned_contrast(tmp_path, sample, capsys):
     assert thalamus == pytest.approx((result.array == 10).sum() / 1000.0, abs=1e-3)
     assert cli.main(args) == 2  # nothing overwritten without --overwrite
     assert "already exists" in capsys.readouterr().err
+    out.unlink()  # the label map is free again, its side files are not: refused before any work
+    assert cli.main(args) == 2 and "seg.ctbl: already exists" in capsys.readouterr().err and not out.exists()
 
     folder = tmp_path / "learned"
     assert cli.main(["contrast", "--learned", "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"]),
@@ -173,6 +177,22 @@ def test_cli_segment_and_learned_contrast(tmp_path, sample, capsys):
         assert entry["tr"] == pytest.approx(protocol.tr) and entry["te"] == pytest.approx(protocol.te)
         image = read_volume(folder / entry["file"])
         assert image.same_grid(labels, tolerance=0) and np.all(np.isfinite(image.array))
+    for entry in entries:
+        (folder / entry["file"]).unlink()
+    assert cli.main(["contrast", "--learned", "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"]),
+                     "-o", str(folder)]) == 2  # learned.json is an output too
+    assert "learned.json: already exists" in capsys.readouterr().err
+
+
+def test_cli_segment_refuses_a_side_file_in_a_missing_folder_before_any_work(tmp_path, capsys):
+    paths = sample_paths()
+    out = tmp_path / "sub.T1seg.nii.gz"
+    args = ["segment", "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"]), "-o", str(out),
+            "--volumes", str(tmp_path / "missing" / "v.csv")]
+    assert cli.main(args) == 2
+    assert "missing: no such folder" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    (tmp_path / "sub.T1seg.ctbl").write_text("")  # the color table is named after the whole stem
+    assert cli.main(args[:-2]) == 2 and "sub.T1seg.ctbl: already exists" in capsys.readouterr().err
 
 
 def test_cli_contrast_needs_the_learned_flag(capsys):
