@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 
 import numpy as np
 import pytest
@@ -139,3 +140,33 @@ def test_train_command_writes_the_model_card_and_measures_each_model_once(tmp_pa
         assert sha256(out / "model" / name) == digest == sha256(out / ("learned" if name == "subcortical.pt" else "maps") / "best.pt")
     assert "syntheticmri phantom --split train --count 1 --seed 0 --sources sample -o data/train" in card
     assert "| structure | learned | maps |" in card  # one table, both models
+
+
+def test_a_run_cut_off_midway_resumes_to_the_same_model(tmp_path, bank, sample_folder):
+    """Killed after its first checkpoint, a run resumed from it ends bit for bit where an uninterrupted run ends:
+    weights, optimizer, schedule and both random streams are restored."""
+    validation = ValidationSet(sample_folder)
+    config, device = TrainConfig(**TINY), torch.device("cpu")
+    train_variant("learned", config, bank, validation, tmp_path / "whole", device, log=lambda _: None)
+
+    class CutOff(Exception):
+        pass
+
+    calls = []
+
+    def sample_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > config.steps // config.evaluations:  # the first checkpoint is written, then the machine dies
+            raise CutOff
+        return SliceBank.sample(bank, *args, **kwargs)
+
+    cut = types.SimpleNamespace(sample=sample_then_die)
+    with pytest.raises(CutOff):
+        train_variant("learned", config, cut, validation, tmp_path / "cut", device, log=lambda _: None)
+    resumed = train_variant("learned", config, bank, validation, tmp_path / "cut", device, log=lambda _: None)
+    assert [e["step"] for e in resumed["evaluations"]] == [2, 4]
+    whole = torch.load(tmp_path / "whole" / "learned" / "checkpoint.pt", weights_only=False)["model"]
+    again = torch.load(tmp_path / "cut" / "learned" / "checkpoint.pt", weights_only=False)["model"]
+    assert whole.keys() == again.keys()
+    for key in whole:
+        torch.testing.assert_close(again[key], whole[key], rtol=0, atol=0, msg=key)
