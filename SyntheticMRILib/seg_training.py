@@ -32,6 +32,7 @@ from .contrast_module import DEFAULT_PRESETS, LearnableContrast
 from .errors import InputError
 from .maps import load_maps
 from .phantom_data import scanner_effects
+from .protocols import preset
 from .segmentation import CLASS_NAMES, LABELS, SegmentationModel, load_model, predict_classes, save_model, segment, sha256
 from .volumes import PathLike, read_volume
 
@@ -70,7 +71,7 @@ def build_variant(name: str, config: TrainConfig) -> SegmentationModel:
     if name in ("learned", "fixed"):
         contrast = LearnableContrast.from_presets(DEFAULT_PRESETS, learnable=name == "learned")
     elif name == "random":
-        sequences = [p.sequence for p in LearnableContrast.from_presets(DEFAULT_PRESETS).protocols()]
+        sequences = [preset(name).protocol.sequence for name in DEFAULT_PRESETS]
         contrast = LearnableContrast.random(sequences, seed=config.random_start_seed)
     else:
         raise InputError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
