@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from SyntheticMRILib.errors import InputError
-from SyntheticMRILib.volumes import Volume, read_volume, write_volume
+from SyntheticMRILib.volumes import read_volume, write_volume
 
 from conftest import make_maps
 
