@@ -218,14 +218,15 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     phantom_command(args)
 
 
-def _check_free(paths: Sequence[Optional[Path]], overwrite: bool) -> None:
-    """Side files (not volumes): refuse one that exists unless ``overwrite``, or whose folder is missing."""
+def _check_free(paths: Sequence[Optional[Path]], overwrite: bool, need_folder: bool = True) -> None:
+    """Side files (not volumes): refuse one that exists unless ``overwrite``, or (``need_folder``) whose folder
+    is missing."""
     for path in paths:
         if path is None:
             continue
         if path.exists() and not overwrite:
             raise InputError(f"{path}: already exists; pass --overwrite to replace it")
-        if not path.parent.is_dir():
+        if need_folder and not path.parent.is_dir():
             raise InputError(f"{path.parent}: no such folder")
 
 
@@ -271,8 +272,7 @@ def cmd_contrast(args: argparse.Namespace) -> None:
     paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
     for path in paths:
         check_output(path, args.overwrite)
-    if (args.output / "learned.json").exists() and not args.overwrite:
-        raise InputError(f"{args.output / 'learned.json'}: already exists; pass --overwrite to replace it")
+    _check_free([args.output / "learned.json"], args.overwrite, need_folder=False)  # the volumes create the folder
     device = pick_device(args.device)
     maps = load_maps(args.t1, args.t2, args.pd, args.units)
     report = _progress(args, "contrast")

@@ -418,27 +418,21 @@ def _plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 # --------------------------------------------------------------------------- the model card
 
-def _anatomies(data: Path, split: str) -> List[str]:
-    return sorted({s["anatomy"] for s in json.loads((data / split / "manifest.json").read_text())["subjects"]})
+def _anatomies(info: Dict[str, Any]) -> List[str]:
+    return sorted({s["anatomy"] for s in info["subjects"]})
 
 
-def _phantom_command(data: Path, split: str) -> str:
-    info = json.loads((data / split / "manifest.json").read_text())
+def _phantom_command(split: str, info: Dict[str, Any]) -> str:
     sources = "" if split == "external" else f" --sources {','.join(sorted(info['sources']))}"
     return f"syntheticmri phantom --split {split} --count {info['count']} --seed {info['seed']}{sources} -o data/{split}"
 
 
-def _split_summary(data: Path, split: str) -> str:
-    manifest = data / split / "manifest.json"
-    if not manifest.is_file():
+def _split_summary(split: str, info: Optional[Dict[str, Any]]) -> str:
+    if info is None:
         return f"- `{split}`: not generated"
-    info = json.loads(manifest.read_text())
-    subjects = info["subjects"]
-    fields = sorted({s["field_strength"] for s in subjects})
-    anatomy = sorted({s["anatomy"] for s in subjects})
-    return (f"- `{split}`: {len(subjects)} subjects (seed {info['seed']}), anatomy {', '.join(anatomy)}, "
-            f"{', '.join(f'{f:g} T' for f in fields)}, "
-            f"{info['resolution_mm']:g} mm, lesions: {info['lesions']}")
+    fields = sorted({s["field_strength"] for s in info["subjects"]})
+    return (f"- `{split}`: {len(info['subjects'])} subjects (seed {info['seed']}), anatomy {', '.join(_anatomies(info))}, "
+            f"{', '.join(f'{f:g} T' for f in fields)}, {info['resolution_mm']:g} mm, lesions: {info['lesions']}")
 
 
 def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, config: TrainConfig,
@@ -462,6 +456,9 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     threads = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
+    manifests = {split: json.loads((data / split / "manifest.json").read_text()) if (data / split / "manifest.json").is_file()
+                 else None for split in ("train", "val", "test", "external")}
+    anatomies = _anatomies(manifests["train"])
     lines = [
         "# Model card: subcortical segmentation from learned synthetic contrasts",
         "",
@@ -477,7 +474,7 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "- Research use on whole-brain adult T1/T2/PD maps (any grid: inputs are resampled to 1 mm and back). "
         "Not a medical device.",
         f"- Trained only on phantoms: every training subject is a diffeomorphic warp of one of "
-        f"{len(_anatomies(data, 'train'))} anatomies ({', '.join(_anatomies(data, 'train'))}) with drawn relaxation "
+        f"{len(anatomies)} anatomies ({', '.join(anatomies)}) with drawn relaxation "
         "values at 3 T. `test` holds unseen warps of the same anatomies, so its scores are optimistic; `external` "
         "is another anatomy (IBSR) at 1.5 T and is the honest estimate of generalization. The bundled sample is "
         "cvs_avg35 itself: a Dice on it is a regression check, not a generalization estimate. No real acquired "
@@ -488,7 +485,7 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "",
         "## Data and splits",
         "",
-        *[_split_summary(data, split) for split in ("train", "val", "test", "external")],
+        *[_split_summary(split, info) for split, info in manifests.items()],
         "- Model selection on `val` only (mean Dice over the structure slab every "
         f"{config.steps // config.evaluations} steps); `test` and `external` were read once, after training.",
         "",
@@ -532,8 +529,7 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "",
         "```",
         "syntheticmri phantom --fetch-sources",
-        *[_phantom_command(data, split) for split in ("train", "val", "test", "external")
-          if (data / split / "manifest.json").is_file()],
+        *[_phantom_command(split, info) for split, info in manifests.items() if info is not None],
         f"syntheticmri train-seg --data data -o runs/seg --steps {config.steps} --batch {config.batch} --crop {config.crop}",
         "cp -r runs/seg/model/* Resources/Models/",
         "```",
@@ -546,24 +542,25 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
 # --------------------------------------------------------------------------- the command
 
 
-def _evaluate_once(folder: Path, data: Path, device: torch.device, log: Callable[[str], None]) -> Dict[str, Any]:
-    """Test and external scores of ``folder/best.pt``, kept in ``folder/evaluation.json`` with the weights' sha256:
-    a later run (another variant list, a resumed run) reuses them instead of reading the test data again."""
-    weights, cache = folder / "best.pt", folder / "evaluation.json"
-    digest = sha256(weights)
+def _evaluate_once(folder: Path, digest: str, data: Path, device: torch.device, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Test and external scores of ``folder/best.pt`` (sha256 ``digest``). Its per-subject scores are kept in
+    ``folder/evaluation.json`` with the digest: a later run (another variant list, a resumed run) summarizes them
+    again instead of reading the test data again."""
+    cache = folder / "evaluation.json"
     splits = [s for s in ("test", "external") if (data / s / "manifest.json").is_file()]
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved["sha256"] == digest and saved["data"] == str(data.resolve()) and sorted(saved["splits"]) == sorted(splits):
+        if saved["sha256"] == digest and saved["data"] == str(data.resolve()) and sorted(saved["subjects"]) == sorted(splits):
             log(f"{folder.name}: test scores of these weights already measured ({cache})")
-            return {split: summarize(evaluation["subjects"]) for split, evaluation in saved["splits"].items()}
-    model = load_model(weights, device)
+            return {split: summarize(rows) for split, rows in saved["subjects"].items()}
+    model = load_model(folder / "best.pt", device)
     evaluation = {}
     for split in splits:
         evaluation[split] = evaluate_folder(model, data / split, device)
         log(f"{folder.name} {split}: mean Dice {evaluation[split]['mean_dice']:.3f}, "
             f"worst structure {evaluation[split]['min_structure_dice']:.3f}, HD95 {evaluation[split]['mean_hd95']:.2f} mm")
-    cache.write_text(json.dumps({"sha256": digest, "data": str(data.resolve()), "splits": evaluation}, indent=1))
+    rows = {split: scores["subjects"] for split, scores in evaluation.items()}
+    cache.write_text(json.dumps({"sha256": digest, "data": str(data.resolve()), "subjects": rows}, indent=1))
     return evaluation
 
 
@@ -585,9 +582,9 @@ def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIA
     results: Dict[str, Dict[str, Any]] = {}
     for name in variants:
         history = train_variant(name, config, bank, validation, out, device, resume, log)
-        evaluation = _evaluate_once(out / name, data, device, log)
-        results[name] = {"history": history, "evaluation": evaluation, "weights": str(out / name / "best.pt"),
-                         "sha256": sha256(out / name / "best.pt")}
+        digest = sha256(out / name / "best.pt")
+        evaluation = _evaluate_once(out / name, digest, data, device, log)
+        results[name] = {"history": history, "evaluation": evaluation, "weights": str(out / name / "best.pt"), "sha256": digest}
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
     if "learned" in results:
