@@ -8,17 +8,34 @@ Slicer. Quick start::
     t1, t2, pd = maps.tensors()
     flair = smri.synthesize_volume(t1, t2, pd, smri.preset("T2-FLAIR").protocol)
     smri.write_volume(maps.volume(flair.numpy()), "flair.nrrd")
+
+Sub-packages: ``physics`` (signal equations, tissues, protocols and presets),
+``io`` (volumes, maps, labels), ``phantoms``, ``models``, ``training``, ``apps``
+(command line, batch, jobs, demo, figures) and ``slicer`` (MRML bridge, preview,
+the module's widget and logic). Importing this package imports no torch: the
+names below load their sub-module on first use.
 """
-from .errors import InputError
-from .maps import Maps, load_maps, prepare_maps
-from .protocols import PRESETS, SEQUENCES, Preset, Protocol, preset, protocol_from_args
-from .synthesis import synthesize, synthesize_volume
-from .volumes import Volume, read_volume, write_volume
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "InputError", "Maps", "load_maps", "prepare_maps", "PRESETS", "SEQUENCES", "Preset", "Protocol",
-    "preset", "protocol_from_args", "synthesize", "synthesize_volume", "Volume", "read_volume",
-    "write_volume", "__version__",
-]
+_EXPORTS = {
+    "InputError": "errors",
+    "Maps": "io.maps", "load_maps": "io.maps", "prepare_maps": "io.maps",
+    "Volume": "io.volumes", "read_volume": "io.volumes", "write_volume": "io.volumes",
+    "PRESETS": "physics.protocols", "SEQUENCES": "physics.protocols", "Preset": "physics.protocols",
+    "Protocol": "physics.protocols", "preset": "physics.protocols", "protocol_from_args": "physics.protocols",
+    "synthesize": "physics.synthesis", "synthesize_volume": "physics.synthesis",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,9 +1,15 @@
-"""Choosing the torch device: the local GPU when there is one, the CPU otherwise."""
+"""Choosing the torch device: the local GPU when there is one, the CPU otherwise.
+
+torch is imported on the first call, so that :data:`DEVICES` serves the command line's
+and the GUI's choices before PyTorch is installed."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # annotations only: torch loads on first use
+    import torch
 
 __all__ = ["DEVICES", "pick_device"]
 
@@ -12,6 +18,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` takes CUDA when available; asking for ``cuda`` without a GPU is an :class:`InputError`."""
+    import torch
+
     if name not in DEVICES:
         raise InputError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}")
     if name == "auto":

@@ -6,13 +6,14 @@ this file; ``SYNTHETICMRI_RESOURCES`` overrides it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Union
 
 from .errors import InputError
 
-__all__ = ["resource_path", "sample_paths"]
+__all__ = ["resource_path", "sample_paths", "sha256"]
 
 
 def resource_path(*parts: str) -> Path:
@@ -27,3 +28,12 @@ def resource_path(*parts: str) -> Path:
 def sample_paths() -> Dict[str, Path]:
     """The bundled sample: T1, T2 (ms) and PD (fraction) maps and the label map they were made from."""
     return {name: resource_path("SampleData", f"{name}.nrrd") for name in ("t1", "t2", "pd", "labels")}
+
+
+def sha256(path: Union[str, os.PathLike]) -> str:
+    """The SHA-256 of a file (hex), read in 1 MiB blocks: how shipped models and fetched sources are checked."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,7 +1,7 @@
 """A small, independent Bloch simulator used to check the closed-form signal equations.
 
 Written from first principles and deliberately independent of
-``SyntheticMRILib.physics`` (nothing from that package is imported here): the
+``SyntheticMRILib.physics.equations`` (nothing from that package is imported here): the
 tests compare the library's closed forms against what these pulse-by-pulse
 simulations settle to.
 

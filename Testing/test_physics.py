@@ -1,4 +1,4 @@
-"""Independent tests of the physics layer (SyntheticMRILib.physics) and of the synthesis paths.
+"""Independent tests of the physics layer (SyntheticMRILib.physics.equations) and of the synthesis paths.
 
 The closed-form signal equations are checked against a pulse-by-pulse Bloch
 simulation written separately (``Testing/bloch.py``), then for differentiability,
@@ -22,9 +22,12 @@ if _HERE not in sys.path:  # works under any pytest import mode
 
 import bloch  # noqa: E402  (the independent simulator next to this file)
 
-from SyntheticMRILib import physics, synthesis  # noqa: E402
-from SyntheticMRILib.protocols import PRESETS, SEQUENCES, Protocol  # noqa: E402
-from SyntheticMRILib.tissues import relaxation  # noqa: E402
+from SyntheticMRILib.physics import equations as physics  # noqa: E402
+from SyntheticMRILib.physics import nulls  # noqa: E402
+
+from SyntheticMRILib.physics import synthesis  # noqa: E402
+from SyntheticMRILib.physics.protocols import PRESETS, SEQUENCES, Protocol  # noqa: E402
+from SyntheticMRILib.physics.tissues import relaxation  # noqa: E402
 
 F64 = torch.float64
 
@@ -97,7 +100,7 @@ DIR_PARAMS = [
     (10000, 30, 3500, 500),
     (1500, 10, 1000, 100),
     (6000, 10, 2500, 2400),
-    (7500, 25) + physics.double_ir_null_tis(4500.0, 850.0, 7500.0),
+    (7500, 25) + nulls.double_ir_null_tis(4500.0, 850.0, 7500.0),
 ]
 GRE_PARAMS = [
     (20, 4, 25),
@@ -340,7 +343,7 @@ def _tissue(*names, dtype=F64):
 
 @pytest.mark.parametrize("tr", [2500.0, 5000.0, 9000.0, 11000.0])
 def test_flair_at_null_ti_nulls_csf(tr):
-    ti = physics.null_ti(relaxation("csf").t1, tr)
+    ti = nulls.null_ti(relaxation("csf").t1, tr)
     assert abs(float(ti) - _exact_null(relaxation("csf").t1, tr)) < 1e-9
     csf, wm = physics.inversion_recovery(*_tissue("csf", "cerebral_wm"), tr, 90.0, ti)
     assert wm > 0.05
@@ -352,7 +355,7 @@ def test_flair_at_null_ti_nulls_csf(tr):
     [("csf", "cerebral_wm", 7500.0), ("csf", "cerebral_wm", 3000.0), ("csf", "cortex", 7500.0), ("cortex", "cerebral_wm", 5000.0), ("csf", "fat", 5000.0)],
 )
 def test_double_ir_null_tis_null_both(a, b, tr):
-    ti1, ti2 = physics.double_ir_null_tis(relaxation(a).t1, relaxation(b).t1, tr)
+    ti1, ti2 = nulls.double_ir_null_tis(relaxation(a).t1, relaxation(b).t1, tr)
     assert 0 < ti2 < ti1 < tr
     others = [n for n in ("cortex", "cerebral_wm", "fat", "csf", "thalamus") if n not in (a, b)]
     s_a, s_b = physics.double_inversion_recovery(*_tissue(a, b), tr, 20.0, ti1, ti2)
@@ -363,12 +366,12 @@ def test_double_ir_null_tis_null_both(a, b, tr):
 
 def test_double_ir_null_tis_rejects_impossible_pair():
     with pytest.raises(ValueError):
-        physics.double_ir_null_tis(0.0, 850.0, 5000.0)  # no tissue: nothing to null
+        nulls.double_ir_null_tis(0.0, 850.0, 5000.0)  # no tissue: nothing to null
 
 
 def test_double_ir_null_tis_equal_t1_raises_value_error():
     with pytest.raises(ValueError):
-        physics.double_ir_null_tis(850.0, 850.0, 5000.0)  # one tissue twice: no unique pair
+        nulls.double_ir_null_tis(850.0, 850.0, 5000.0)  # one tissue twice: no unique pair
 
 
 # preset -> (nulled tissues, tissues it is meant to show)
@@ -391,7 +394,7 @@ def test_presets_null_what_they_claim(name):
     if p.sequence == "ir":
         exact = [_exact_null(relaxation(nulled[0]).t1, p.tr)]
     else:
-        exact = list(physics.double_ir_null_tis(relaxation(nulled[0]).t1, relaxation(nulled[1]).t1, p.tr))
+        exact = list(nulls.double_ir_null_tis(relaxation(nulled[0]).t1, relaxation(nulled[1]).t1, p.tr))
     assert all(abs(t - e) <= 0.5 for t, e in zip(tis, exact))
     signal_nulled = synthesis.synthesize(*_tissue(*nulled), p)
     signal_shown = synthesis.synthesize(*_tissue(*shown), p)

@@ -2,7 +2,7 @@
 
 The first half checks the shipped files in ``Resources/SampleData`` (grid, labels,
 per-tissue values against the tissue table, partial volume, size). The second half
-tests :mod:`SyntheticMRILib.phantom` on tiny synthetic label maps.
+tests :mod:`SyntheticMRILib.phantoms.head` on tiny synthetic label maps.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SyntheticMRILib import phantom
+from SyntheticMRILib.phantoms import head
 from SyntheticMRILib.errors import InputError
-from SyntheticMRILib.maps import prepare_maps
-from SyntheticMRILib.tissues import relaxation
-from SyntheticMRILib.volumes import Volume, read_volume
+from SyntheticMRILib.io.maps import prepare_maps
+from SyntheticMRILib.physics.tissues import relaxation
+from SyntheticMRILib.io.volumes import Volume, read_volume
 
 from conftest import oblique_left_handed_direction
 
@@ -60,7 +60,7 @@ def sample():
     missing = [name for name in FILES if not (SAMPLE / f"{name}.nrrd").is_file()]
     assert not missing, f"sample files missing: {missing}; run python Resources/SampleData/build_sample.py"
     volumes = {name: read_volume(SAMPLE / f"{name}.nrrd") for name in FILES}
-    index, names = phantom.tissue_index(volumes["labels"].array)
+    index, names = head.tissue_index(volumes["labels"].array)
     return volumes, index, names
 
 
@@ -84,7 +84,7 @@ def test_sample_has_subcortical_structures_and_head_labels(sample):
     count = dict(zip(labels.tolist(), counts.tolist()))
     for label in SUBCORTICAL:
         assert count.get(label, 0) > 500, f"label {label}: {count.get(label, 0)} voxels"
-    for label in phantom.HEAD_LABEL_NAMES:
+    for label in head.HEAD_LABEL_NAMES:
         assert count.get(label, 0) > 10000, f"head label {label}"
     assert count.get(3, 0) > 100000 and count.get(42, 0) > 100000  # cortex
     assert not any(1000 <= v < 3000 for v in count)  # parcels merged
@@ -113,12 +113,12 @@ def test_sample_tissue_medians_within_table_ranges(sample):
 
 def test_sample_maps_positive_inside_zero_outside(sample):
     volumes, _, _ = sample
-    head = volumes["labels"].array > 0
+    in_head = volumes["labels"].array > 0
     for name in ("t1", "t2", "pd"):
         array = volumes[name].array
-        assert np.all(array[head] > 0), name
-        assert np.all(array[~head] == 0), name
-    assert np.count_nonzero(~head) > 0.3 * head.size  # there is background around the head
+        assert np.all(array[in_head] > 0), name
+        assert np.all(array[~in_head] == 0), name
+    assert np.count_nonzero(~in_head) > 0.3 * in_head.size  # there is background around the head
     pd = volumes["pd"].array
     assert pd.max() <= 1.0
     np.testing.assert_array_equal(pd, np.round(pd.astype(np.float64), 3).astype(np.float32))
@@ -165,7 +165,7 @@ def tiny_brain(shape=(28, 30, 26), spacing=(1.0, 1.2, 0.9), direction=None) -> V
 def test_pad_and_crop_keep_physical_positions():
     volume = tiny_brain(direction=oblique_left_handed_direction())
     volume = volume.with_array(np.arange(volume.array.size, dtype=np.int32).reshape(volume.array.shape))
-    padded = phantom.pad_volume(volume, (2, 0, 3), (1, 4, 0), value=-1)
+    padded = head.pad_volume(volume, (2, 0, 3), (1, 4, 0), value=-1)
     assert padded.array.shape == tuple(n + a + b for n, a, b in zip(volume.array.shape, (2, 0, 3), (1, 4, 0)))
     original, moved = volume.to_image(), padded.to_image()
     for kji in [(0, 0, 0), (5, 7, 9), (27, 29, 25)]:
@@ -174,15 +174,15 @@ def test_pad_and_crop_keep_physical_positions():
         np.testing.assert_allclose(moved.TransformIndexToPhysicalPoint(ijk_padded),
                                    original.TransformIndexToPhysicalPoint(ijk), atol=1e-9)
         assert padded.array[kji[0] + 2, kji[1], kji[2] + 3] == volume.array[kji]
-    back = phantom.crop_volume(padded, (slice(2, 2 + 28), slice(0, 30), slice(3, 3 + 26)))
+    back = head.crop_volume(padded, (slice(2, 2 + 28), slice(0, 30), slice(3, 3 + 26)))
     assert back.same_grid(volume, tolerance=1e-9)
     np.testing.assert_array_equal(back.array, volume.array)
 
 
 def test_crop_to_foreground_margin_and_geometry():
     volume = tiny_brain(direction=oblique_left_handed_direction())
-    cropped = phantom.crop_to_foreground(volume, margin_mm=1.5)
-    box = phantom.foreground_box(volume.array, volume.spacing, 1.5)
+    cropped = head.crop_to_foreground(volume, margin_mm=1.5)
+    box = head.foreground_box(volume.array, volume.spacing, 1.5)
     # margin: ceil(1.5 / spacing) voxels on each array axis (k: 0.9 mm, j: 1.2 mm, i: 1.0 mm), within the array
     nz = np.argwhere(volume.array > 0)
     for axis, (step, piece) in enumerate(zip(volume.spacing[::-1], box)):
@@ -197,29 +197,29 @@ def test_crop_to_foreground_margin_and_geometry():
         np.testing.assert_allclose(small.TransformIndexToPhysicalPoint(local[::-1]),
                                    image.TransformIndexToPhysicalPoint(tuple(int(v) for v in kji[::-1])), atol=1e-9)
     with pytest.raises(InputError):
-        phantom.foreground_box(np.zeros((3, 3, 3)))
+        head.foreground_box(np.zeros((3, 3, 3)))
 
 
 def test_aparc_to_aseg():
     labels = np.array([0, 2, 1001, 1035, 2001, 2035, 17, 11101, 12175, 3000], dtype=np.int32)
-    np.testing.assert_array_equal(phantom.aparc_to_aseg(labels), [0, 2, 3, 3, 42, 42, 17, 3, 42, 3000])
-    assert phantom.aparc_to_aseg(labels.astype(np.float32)).dtype == np.int32
+    np.testing.assert_array_equal(head.aparc_to_aseg(labels), [0, 2, 3, 3, 42, 42, 17, 3, 42, 3000])
+    assert head.aparc_to_aseg(labels.astype(np.float32)).dtype == np.int32
 
 
 def test_head_layers_nest_in_order():
     brain = tiny_brain()
-    head = phantom.add_head_layers(brain, seed=3, open_inferior=False)
-    assert head.array.dtype == np.uint16
-    values, counts = np.unique(head.array, return_counts=True)
+    layered = head.add_head_layers(brain, seed=3, open_inferior=False)
+    assert layered.array.dtype == np.uint16
+    values, counts = np.unique(layered.array, return_counts=True)
     count = dict(zip(values.tolist(), counts.tolist()))
     for label in (2, 3, 4):  # brain voxels keep their labels
         assert count[label] == np.count_nonzero(brain.array == label)
-    for label in (phantom.CSF_EXTRACEREBRAL, phantom.SKULL, phantom.MUSCLE, phantom.ADIPOSE, phantom.SKIN):
+    for label in (head.CSF_EXTRACEREBRAL, head.SKULL, head.MUSCLE, head.ADIPOSE, head.SKIN):
         assert count.get(label, 0) > 0, label
     # along rays from the centre outward the layers come in anatomical order and end in air
     # (skull and diploe count as one layer here: a ray may graze the table/diploe boundary)
-    order = [4, 2, 3, phantom.CSF_EXTRACEREBRAL, phantom.SKULL, phantom.MUSCLE, phantom.ADIPOSE, phantom.SKIN, 0]
-    image = head.to_image()
+    order = [4, 2, 3, head.CSF_EXTRACEREBRAL, head.SKULL, head.MUSCLE, head.ADIPOSE, head.SKIN, 0]
+    image = layered.to_image()
     centre = np.array(brain.to_image().TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in brain.array.shape[::-1]]))
     rng = np.random.default_rng(0)
     for _ in range(40):
@@ -230,30 +230,30 @@ def test_head_layers_nest_in_order():
             index = image.TransformPhysicalPointToIndex(tuple(centre + radius * direction))
             if not all(0 <= a < n for a, n in zip(index, image.GetSize())):
                 break
-            value = int(head.array[index[::-1]])
-            seen.append(order.index(phantom.SKULL if value == phantom.DIPLOE else value))
-        assert seen[-1] == order.index(0) and order.index(phantom.SKIN) in seen, seen
+            value = int(layered.array[index[::-1]])
+            seen.append(order.index(head.SKULL if value == head.DIPLOE else value))
+        assert seen[-1] == order.index(0) and order.index(head.SKIN) in seen, seen
         assert seen == sorted(seen), seen
     # diploe lies between the tables: never next to CSF or scalp
-    diploe = head.array == phantom.DIPLOE
+    diploe = layered.array == head.DIPLOE
     assert np.count_nonzero(diploe) > 0
     near = touches(diploe)
-    assert not np.any(near & np.isin(head.array, (phantom.CSF_EXTRACEREBRAL, phantom.MUSCLE, 0)))
+    assert not np.any(near & np.isin(layered.array, (head.CSF_EXTRACEREBRAL, head.MUSCLE, 0)))
 
 
 def test_head_layers_open_inferior_ends_at_lowest_brain_slice():
     brain = tiny_brain()  # identity direction: array axis 0 (k) runs inferior -> superior
     lowest = int(np.argwhere(brain.array > 0)[:, 0].min())
-    head = phantom.add_head_layers(brain, seed=1, open_inferior=True)
-    image = head.to_image()
+    layered = head.add_head_layers(brain, seed=1, open_inferior=True)
+    image = layered.to_image()
     # the head's first slice is the brain's lowest slice, at the same height
-    assert np.any(head.array[0] > 0) and np.any(np.isin(head.array[0], (2, 3, 4)))
+    assert np.any(layered.array[0] > 0) and np.any(np.isin(layered.array[0], (2, 3, 4)))
     z_head = image.TransformIndexToPhysicalPoint((0, 0, 0))[2]
     z_brain = brain.to_image().TransformIndexToPhysicalPoint((0, 0, lowest))[2]
     assert z_head == pytest.approx(z_brain)
-    closed = phantom.add_head_layers(brain, seed=1, open_inferior=False)
+    closed = head.add_head_layers(brain, seed=1, open_inferior=False)
     assert not np.any(closed.array[0])  # wrapped: air below the scalp
-    assert np.count_nonzero(closed.array == phantom.SKULL) > np.count_nonzero(head.array == phantom.SKULL)
+    assert np.count_nonzero(closed.array == head.SKULL) > np.count_nonzero(layered.array == head.SKULL)
 
 
 def test_partial_volume_mixes_rates_and_pd_by_one_fraction():
@@ -261,7 +261,7 @@ def test_partial_volume_mixes_rates_and_pd_by_one_fraction():
     index[:, :, 1:6] = 1
     index[:, :, 6:11] = 2
     values = [(850.0, 75.0, 0.69), (1350.0, 95.0, 0.80)]
-    t1, t2, pd = phantom.mix_partial_volume(index, (1.0, 1.0, 1.0), values, sigma_mm=0.5)
+    t1, t2, pd = head.mix_partial_volume(index, (1.0, 1.0, 1.0), values, sigma_mm=0.5)
     # background exactly 0, tissue away from boundaries exact
     for array in (t1, t2, pd):
         assert np.all(array[index == 0] == 0)
@@ -280,34 +280,34 @@ def test_partial_volume_mixes_rates_and_pd_by_one_fraction():
 
 
 def test_tissue_maps_background_zero_and_deterministic():
-    head = phantom.add_head_layers(tiny_brain(), seed=7, open_inferior=False)
-    maps = phantom.tissue_maps(head, 3.0, seed=7)
-    again = phantom.tissue_maps(head, 3.0, seed=7)
-    other = phantom.tissue_maps(head, 3.0, seed=8)
-    inside = head.array > 0
+    layered = head.add_head_layers(tiny_brain(), seed=7, open_inferior=False)
+    maps = head.tissue_maps(layered, 3.0, seed=7)
+    again = head.tissue_maps(layered, 3.0, seed=7)
+    other = head.tissue_maps(layered, 3.0, seed=8)
+    inside = layered.array > 0
     for volume, same, different in zip(maps, again, other):
-        assert volume.same_grid(head)
+        assert volume.same_grid(layered)
         assert volume.array.dtype == np.float32
         assert np.all(volume.array[~inside] == 0) and np.all(volume.array[inside] > 0)
         np.testing.assert_array_equal(volume.array, same.array)
         assert not np.array_equal(volume.array, different.array)
-    low = phantom.tissue_maps(head, 1.5, seed=7)[0].array
-    assert np.median(low[head.array == 2]) < np.median(maps[0].array[head.array == 2])  # T1 shorter at 1.5 T
-    np.testing.assert_array_equal(phantom.add_head_layers(tiny_brain(), seed=7, open_inferior=False).array, head.array)
-    assert not np.array_equal(phantom.add_head_layers(tiny_brain(), seed=9, open_inferior=False).array, head.array)
+    low = head.tissue_maps(layered, 1.5, seed=7)[0].array
+    assert np.median(low[layered.array == 2]) < np.median(maps[0].array[layered.array == 2])  # T1 shorter at 1.5 T
+    np.testing.assert_array_equal(head.add_head_layers(tiny_brain(), seed=7, open_inferior=False).array, layered.array)
+    assert not np.array_equal(head.add_head_layers(tiny_brain(), seed=9, open_inferior=False).array, layered.array)
 
 
 def test_smooth_random_field_is_seeded_smooth_and_crop_consistent():
     grid = Volume(np.zeros((40, 50, 60), np.float32), (1.0, 1.5, 2.0), (3.0, -7.0, 11.0), oblique_left_handed_direction())
-    field = phantom.smooth_random_field(grid, seed=5, wavelength_mm=30.0)
-    np.testing.assert_array_equal(field, phantom.smooth_random_field(grid, seed=5, wavelength_mm=30.0))
+    field = head.smooth_random_field(grid, seed=5, wavelength_mm=30.0)
+    np.testing.assert_array_equal(field, head.smooth_random_field(grid, seed=5, wavelength_mm=30.0))
     assert abs(float(field.mean())) < 0.5 and 0.4 < float(field.std()) < 1.6
     assert float(np.abs(np.diff(field, axis=2)).max()) < 0.5  # smooth at the voxel scale
     box = (slice(5, 25), slice(10, 30), slice(20, 50))
-    cropped = phantom.smooth_random_field(phantom.crop_volume(grid, box), seed=5, wavelength_mm=30.0)
+    cropped = head.smooth_random_field(head.crop_volume(grid, box), seed=5, wavelength_mm=30.0)
     np.testing.assert_allclose(cropped, field[box], atol=2e-4)
 
 
 def test_unknown_label_is_refused():
     with pytest.raises(InputError, match="9999"):
-        phantom.tissue_index(np.array([[[0, 2, 9999]]]))
+        head.tissue_index(np.array([[[0, 2, 9999]]]))

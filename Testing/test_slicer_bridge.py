@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,19 +14,15 @@ if not hasattr(slicer, "vtkMRMLScene"):  # the unrelated PyPI package "slicer" a
 
 import vtk  # noqa: E402  (slicer-core pins its vtk)
 
-from SyntheticMRILib import slicer_bridge as bridge  # noqa: E402
+from conftest import rotation  # noqa: E402
+from SyntheticMRILib.slicer import bridge  # noqa: E402
 from SyntheticMRILib.errors import InputError  # noqa: E402
+from SyntheticMRILib.io.labels import write_color_table  # noqa: E402
+from SyntheticMRILib.physics.protocols import PRESETS  # noqa: E402
 from SyntheticMRILib.resources import resource_path  # noqa: E402
-from SyntheticMRILib.volumes import Volume, read_volume  # noqa: E402
+from SyntheticMRILib.io.volumes import Volume, read_volume  # noqa: E402
 
 SUBCORTICAL = (10, 11, 12, 13, 17, 18, 26, 49, 50, 51, 52, 53, 54, 58)
-
-
-def rotation(x_deg: float, z_deg: float) -> np.ndarray:
-    a, b = math.radians(x_deg), math.radians(z_deg)
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    rz = np.array([[math.cos(b), -math.sin(b), 0], [math.sin(b), math.cos(b), 0], [0, 0, 1]])
-    return rz @ rx
 
 
 GRIDS = {
@@ -134,7 +130,7 @@ def test_label_table_codes_and_terminology_json_agree():
     assert table[10].name == "Left-Thalamus" and table[10].color == (0, 118, 14)
     assert "SCT^42695009^Thalamus~SCT^7771000^Left" in table[10].terminology
     assert "SCT^5366008^Hippocampus~SCT^24028007^Right" in table[53].terminology
-    phantom = pytest.importorskip("SyntheticMRILib.phantom")
+    phantom = pytest.importorskip("SyntheticMRILib.phantoms.head")
     for value, name in phantom.HEAD_LABEL_NAMES.items():  # the sample's head labels
         assert table[value].name == name
     with open(resource_path("Terminology", "labels.csv"), newline="") as handle:
@@ -160,6 +156,44 @@ def test_terminology_files_load_in_slicer(scene):
     assert storage.ReadData(colors)
     assert colors.GetColorName(49) == "Right-Thalamus"
     assert "~SCT^123037004^Anatomical Structure~SCT^42695009^Thalamus~SCT^24028007^Right~" in colors.GetTerminologyAsString(49)
+
+
+def _ctbl_rows(text: str) -> list:
+    """(value, name, R, G, B, A) of each line of a Slicer .ctbl colour table (``value name r g b a``)."""
+    rows = []
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            value, name, *rgba = line.split()
+            rows.append((int(value), name, *map(int, rgba)))
+    return rows
+
+
+def test_shipped_ctbl_is_labels_csv_for_slicer_before_5_10(tmp_path, scene):
+    """Slicer reads CSV colour tables only from 5.10 on; labels.ctbl is the same table for 5.6/5.8, written by
+    the library's own writer, so it cannot drift from labels.csv."""
+    shipped = resource_path("Terminology", "labels.ctbl")
+    expected = write_color_table(tmp_path / "labels.ctbl", list(bridge.label_table()))
+    assert shipped.read_text() == expected.read_text(), (
+        "labels.ctbl is stale; regenerate it: python -c \"from SyntheticMRILib.io.labels import label_table, "
+        "write_color_table; write_color_table('Resources/Terminology/labels.ctbl', list(label_table()), overwrite=True)\"")
+    with open(resource_path("Terminology", "labels.csv"), newline="") as handle:
+        csv_rows = [(int(r["LabelValue"]), r["Name"], int(r["Color_R"]), int(r["Color_G"]), int(r["Color_B"]),
+                     int(r["Color_A"])) for r in csv.DictReader(handle)]
+    rows = _ctbl_rows(shipped.read_text())
+    assert rows[0] == (0, "Unknown", 0, 0, 0, 0)  # transparent background, as in FreeSurferColorLUT
+    assert sorted(rows[1:]) == sorted(csv_rows)
+    # and MRML's colour-table reader (the one Slicer 5.8 uses for .ctbl) gives the same colours and names, but
+    # for the format's one quirk: "_" in a name stands for a space (CC_Posterior reads as "CC Posterior")
+    storage = scene.AddNewNodeByClass("vtkMRMLColorTableStorageNode")
+    storage.SetFileName(str(shipped))
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "FreeSurfer (ctbl)")
+    assert storage.ReadData(colors)
+    assert colors.GetNumberOfColors() == max(value for value, *_ in csv_rows) + 1
+    for value, name, *rgba in csv_rows:
+        assert colors.GetColorName(value) == name.replace("_", " ")
+        color = [0.0] * 4
+        colors.GetColor(value, color)
+        np.testing.assert_allclose(color, np.array(rgba) / 255, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", sorted(GRIDS))
@@ -243,6 +277,136 @@ def test_mrb_round_trip(tmp_path):
     assert bridge.segment_tag(hippocampus, "TerminologyEntry") == bridge.label_table()[17].terminology
     back = bridge.labels_from_segmentation(loaded["Labels"], loaded["T1 map"])
     np.testing.assert_array_equal(back.array, labels.array)
+
+
+def _slice_views(scene) -> dict:
+    """Layout name -> (slice node, slice composite node) of the Red, Yellow and Green views."""
+    return {name: (scene.GetSingletonNode(name, "vtkMRMLSliceNode"), scene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode"))
+            for name in ("Red", "Yellow", "Green")}
+
+
+def _viewer_scene():
+    """A scene as the Slicer application has it before a scene is dropped on it: its layout, slice views with
+    their composite nodes, and a volume already loaded (whose node ID the scene file uses too)."""
+    scene = bridge.create_scene()
+    layout = slicer.vtkMRMLLayoutLogic()
+    layout.SetMRMLScene(scene)
+    layout.GetLayoutNode().SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    for name in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)  # also its singleton tag, as the slice logic makes it
+        scene.AddNode(composite)
+    earlier = bridge.node_from_volume(grid_volume("oblique", random_map(seed=9)), "already loaded", scene=scene)
+    for _, composite in _slice_views(scene).values():
+        composite.SetBackgroundVolumeID(earlier.GetID())
+    return scene
+
+
+def _scene_with_views(path, **options):
+    volumes = {"T1 map": grid_volume("left-handed", random_map(seed=4)),
+               "FLAIR": grid_volume("left-handed", random_map(seed=5) / 7)}
+    labels = {"Labels": grid_volume("left-handed", label_phantom(random_map().shape)),
+              "Other labels": grid_volume("left-handed", label_phantom(random_map().shape))}
+    focus = grid_volume("left-handed", random_map()).ijk_to_ras() @ np.array([4.0, 3.0, 2.0, 1.0])
+    lps = (-focus[0], -focus[1], focus[2])
+    return bridge.write_scene_mrb(path, volumes, labels, background="T1 map", visible_segmentations=["Labels"],
+                                  focus_lps=lps, **options), volumes, focus[:3]
+
+
+def test_mrb_opens_on_the_background_and_the_segmentation(tmp_path):
+    """The scene file carries the view state Slicer restores on load: a four-up layout, the Red/Yellow/Green
+    slice views showing the background volume through the focus point, and the chosen segmentation visible."""
+    path, volumes, focus = _scene_with_views(tmp_path / "scene.mrb")
+    with zipfile.ZipFile(path) as archive:
+        mrml = archive.read(next(n for n in archive.namelist() if n.endswith(".mrml"))).decode()
+    assert mrml.count('references="backgroundVolume:vtkMRMLScalarVolumeNode1;"') == 3  # the T1 map's ID in the file
+    for scene in (bridge.create_scene(), _viewer_scene()):  # a bare scene, and one like Slicer's with data in it
+        loaded = bridge.load_scene(path, scene)
+        t1 = loaded["T1 map"]
+        if "already loaded" in loaded:  # that volume holds the file's ID: the views must follow the T1 map's new ID
+            assert loaded["already loaded"].GetID() == "vtkMRMLScalarVolumeNode1" != t1.GetID()
+        layouts = scene.GetNodesByClass("vtkMRMLLayoutNode")
+        assert layouts.GetNumberOfItems() == 1  # the file's layout went into the one singleton
+        assert layouts.GetItemAsObject(0).GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+        for name, (slice_node, composite) in _slice_views(scene).items():
+            assert composite is not None and slice_node is not None, name
+            assert composite.GetBackgroundVolumeID() == t1.GetID(), name  # the file's IDs follow the loaded nodes
+            to_ras = bridge.slice_to_ras(slice_node)
+            assert abs(np.dot(focus - to_ras[:3, 3], to_ras[:3, 2])) < 1e-3, name  # through focus (MRML writes 6 digits)
+        assert scene.GetNodesByClass("vtkMRMLSliceCompositeNode").GetNumberOfItems() == 3
+        assert [_slice_views(scene)[n][0].GetOrientation() for n in ("Red", "Yellow", "Green")] == \
+            ["Axial", "Sagittal", "Coronal"]
+        selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        assert selection.GetActiveVolumeID() == t1.GetID()
+        assert loaded["Labels"].GetDisplayNode().GetVisibility()
+        assert not loaded["Other labels"].GetDisplayNode().GetVisibility()
+
+
+def test_mrb_refuses_unknown_view_names(tmp_path):
+    volumes = {"T1 map": grid_volume("left-handed", random_map(seed=4))}
+    with pytest.raises(InputError, match="Nope"):
+        bridge.write_scene_mrb(tmp_path / "a.mrb", volumes, background="Nope")
+    with pytest.raises(InputError, match="Nope"):
+        bridge.write_scene_mrb(tmp_path / "b.mrb", volumes, scaled=["Nope"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_mrb_stores_scaled_volumes_as_int16(tmp_path):
+    """Volumes named in ``scaled`` are stored as int16 with float = int16 * scale (node attribute); the others
+    (the quantitative maps) bit for bit; node attributes travel with the nodes."""
+    signed = grid_volume("left-handed", random_map(seed=6) / 4000 - 0.4)  # a phase-sensitive contrast has both signs
+    volumes = {"T1 map": grid_volume("left-handed", random_map(seed=4)),
+               "FLAIR": grid_volume("left-handed", random_map(seed=5) / 7000), "PSIR": signed}
+    path = bridge.write_scene_mrb(tmp_path / "scene.mrb", volumes, scaled=["FLAIR", "PSIR"],
+                                  attributes={"FLAIR": {bridge.PROTOCOL_ATTRIBUTE: "ir TR 9000 TE 90 TI 2500"}})
+    loaded = bridge.load_scene(path, bridge.create_scene())
+    t1 = bridge.volume_from_node(loaded["T1 map"])
+    assert t1.array.dtype == np.float32 and t1.array.tobytes() == volumes["T1 map"].array.tobytes()
+    assert loaded["T1 map"].GetAttribute(bridge.SCALE_ATTRIBUTE) is None
+    for name in ("FLAIR", "PSIR"):
+        node, original = loaded[name], volumes[name].array.astype(np.float64)
+        stored = bridge._array_from_image(node.GetImageData())
+        assert stored.dtype == np.int16, name
+        scale = float(node.GetAttribute(bridge.SCALE_ATTRIBUTE))
+        peak = np.abs(original).max()
+        assert scale == pytest.approx(peak / 32767, rel=1e-12)  # the whole int16 range is used
+        error = np.abs(stored * scale - original)
+        assert error.max() <= scale / 2 * (1 + 1e-9), name  # rounding to the nearest quantum
+        back = bridge.volume_from_node(node)  # the bridge hands out values in the original units
+        assert back.array.dtype == np.float32
+        np.testing.assert_allclose(back.array, original, rtol=0, atol=scale / 2 * 1.001)
+        assert_same_grid(back, volumes[name])
+        display = node.GetDisplayNode()
+        assert not display.GetAutoWindowLevel() and 1000 < display.GetWindow() <= 65535  # in stored (int16) units
+    assert (bridge._array_from_image(loaded["PSIR"].GetImageData()) < 0).any()
+    assert loaded["FLAIR"].GetAttribute(bridge.PROTOCOL_ATTRIBUTE) == "ir TR 9000 TE 90 TI 2500"
+
+
+def test_new_voxels_in_a_scaled_node_drop_its_scale(tmp_path, scene):
+    """A stored int16 contrast overwritten by a synthesis holds float values again: the scale would now be
+    wrong, and the window (in int16 units) too. The live preview cannot write floats into int16 voxels and
+    leaves such a node to the whole-volume update."""
+    volume = grid_volume("oblique", random_map(seed=7) / 4000)
+    path = bridge.write_scene_mrb(tmp_path / "scene.mrb", {"FLAIR": volume}, scaled=["FLAIR"])
+    node = bridge.load_scene(path, scene)["FLAIR"]
+    maps = bridge.maps_from_nodes(*(bridge.node_from_volume(grid_volume("oblique", random_map(seed=s) * f), n, scene=scene)
+                                    for s, f, n in ((1, 1, "t1"), (2, 0.05, "t2"), (3, 1 / 4000, "pd"))))
+    center = volume.ijk_to_ras() @ np.r_[(np.array(volume.array.shape[::-1]) - 1) / 2, 1.0]
+    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    slice_node.GetSliceToRAS().SetElement(0, 3, center[0])
+    slice_node.GetSliceToRAS().SetElement(1, 3, center[1])
+    slice_node.GetSliceToRAS().SetElement(2, 3, center[2])
+    protocol = PRESETS["T1w"].protocol
+    stored = bridge._array_from_image(node.GetImageData())
+    assert bridge.update_visible_slices(maps, maps.tensors(), protocol, node, [slice_node]) == 0
+    np.testing.assert_array_equal(bridge._array_from_image(node.GetImageData()), stored)
+    control = bridge.node_from_volume(volume, "float", scene=scene)  # the same plane does reach a float node
+    assert bridge.update_visible_slices(maps, maps.tensors(), protocol, control, [slice_node]) == 1
+    old_window = node.GetDisplayNode().GetWindow()
+    bridge.node_from_volume(volume, "FLAIR", node=node)
+    assert node.GetAttribute(bridge.SCALE_ATTRIBUTE) is None
+    np.testing.assert_array_equal(bridge.volume_from_node(node).array, volume.array)
+    assert node.GetDisplayNode().GetWindow() < old_window / 1000  # recomputed for float values
 
 
 def test_save_scene_of_an_existing_scene(tmp_path, scene):

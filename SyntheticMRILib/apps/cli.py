@@ -1,0 +1,325 @@
+"""The ``syntheticmri`` command line.
+
+Every failure a user can cause (missing files, bad maps, impossible sequence
+parameters, an existing output) is one line on stderr and exit status 2, with
+nothing written; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .. import __version__
+from ..devices import DEVICES, pick_device
+from ..errors import InputError
+from ..io.maps import UNITS, Maps, load_maps
+from ..io.volumes import EXTENSIONS, check_output, check_output_file, check_output_folder, write_volume
+from ..physics.protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
+from ..training.config import VARIANTS, TrainConfig
+from ..jobs import LEARNED_INDEX, progress_line, write_learned_index, write_structure_volumes
+
+SEQUENCE_CHOICES = sorted(SEQUENCES) + sorted(NULLED_IR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syntheticmri", description="Synthetic MRI from quantitative T1/T2/PD maps.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="synthesize one weighted image from T1/T2/PD maps")
+    synth.add_argument("--t1", required=True, type=Path, help="T1 map (ms, or s with --units s)")
+    synth.add_argument("--t2", required=True, type=Path, help="T2 map (ms, or s with --units s)")
+    synth.add_argument("--pd", required=True, type=Path, help="PD map (fraction of water; percent is detected)")
+    contrast = synth.add_mutually_exclusive_group(required=True)
+    contrast.add_argument("--preset", help=f"a named contrast: {', '.join(PRESETS)}")
+    contrast.add_argument("--sequence", choices=SEQUENCE_CHOICES, help="a sequence with explicit parameters")
+    synth.add_argument("--tr", type=float, help="repetition time, ms")
+    synth.add_argument("--te", type=float, help="echo time, ms")
+    synth.add_argument("--ti", type=float, help="inversion time, ms (flair/stir: default = CSF/fat null at this TR)")
+    synth.add_argument("--ti2", type=float, help="second, shorter inversion time, ms (dir, dsir)")
+    synth.add_argument("--flip", type=float, help="flip angle, degrees (gre)")
+    synth.add_argument("--units", choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+    synth.add_argument("-o", "--output", required=True, type=Path, help=f"output volume ({', '.join(EXTENSIONS)})")
+    synth.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    synth.add_argument("--device", choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
+    synth.add_argument("--fused", action="store_true", help="compile a fused kernel (seconds once; pays off on large batches)")
+
+    commands.add_parser("presets", help="list the named clinical contrasts")
+
+    batch = commands.add_parser("batch", help="presets for every subject folder of a study (t1/t2/pd maps inside)")
+    batch.add_argument("--input", required=True, type=Path, help="study folder: one sub-folder per subject")
+    batch.add_argument("--preset", action="append", required=True, help="a preset name; repeat for several")
+    batch.add_argument("--units", choices=UNITS, default="ms")
+    batch.add_argument("-o", "--output", required=True, type=Path, help="output folder: <subject>/<preset>.nrrd")
+    batch.add_argument("--overwrite", action="store_true")
+    batch.add_argument("--device", choices=DEVICES, default="auto")
+    batch.add_argument("--progress", choices=("bar", "lines"), default="bar",
+                       help="lines: one 'progress DONE/TOTAL SUBJECT' line per step, for a GUI reading stdout")
+
+    demo = commands.add_parser("demo", help="every preset on the bundled sample: volumes, a montage PNG, a Slicer scene")
+    demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    demo.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    demo.add_argument("--device", choices=DEVICES, default="auto")
+
+    phantom = commands.add_parser("phantom", help="multi-subject brain phantoms (T1/T2/PD maps + labels) for training and testing")
+    phantom.add_argument("--split", choices=("train", "val", "test", "external"), help="which split to generate")
+    phantom.add_argument("--count", type=int, default=1, help="number of subjects")
+    phantom.add_argument("--seed", type=int, default=0, help="split seed (subjects differ across splits and indices)")
+    phantom.add_argument("-o", "--output", type=Path, help="output folder: <subject>/{t1,t2,pd,labels}.nrrd + manifest.json")
+    phantom.add_argument("--field", type=float, choices=(1.5, 3.0), help="field strength, T (default: 3 internal, 1.5 external)")
+    phantom.add_argument("--lesions", default="none", help="none, mixed, or a lesion kind (ms, tumour, ...)")
+    phantom.add_argument("--resolution", type=float, default=1.0, help="voxel size, mm (default 1)")
+    phantom.add_argument("--sources", help="comma-separated anatomy sources for train/val/test (default: sample)")
+    phantom.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    phantom.add_argument("--report", type=Path, metavar="DIR", help="write report.png and report.md for a generated folder")
+    phantom.add_argument("--fetch-sources", nargs="*", metavar="NAME", help="download anatomy sources once (default: all)")
+
+    seg = commands.add_parser("segment", help="the 14 subcortical structures from T1/T2/PD maps (learned contrast + U-Net)")
+    _map_arguments(seg)
+    seg.add_argument("-o", "--output", required=True, type=Path,
+                     help="label map in FreeSurfer numbering on the input grid (.nrrd, .nii.gz); a .ctbl color table is written beside it")
+    seg.add_argument("--seg-out", type=Path, help="also a Slicer segmentation (.seg.nrrd): named, colored segments with terminology")
+    seg.add_argument("--volumes", type=Path, help="also a CSV of structure volumes (ml)")
+    _model_arguments(seg)
+
+    learned = commands.add_parser("contrast", help="the model's learned contrasts as volumes, with their TR/TE/TI")
+    _map_arguments(learned)
+    learned.add_argument("--learned", action="store_true", required=True,
+                         help="synthesize the contrasts the segmentation model learned (required: the only source for now)")
+    learned.add_argument("-o", "--output", required=True, type=Path, help="output folder: learned_<k>_<sequence>.nrrd")
+    _model_arguments(learned)
+
+    train = commands.add_parser("train-seg", help="train the learned-contrast subcortical segmenter and its baselines")
+    train.add_argument("--data", required=True, type=Path, help="folder with train/, val/, test/ (and external/) phantom folders")
+    train.add_argument("-o", "--output", required=True, type=Path, help="model folder: <variant>/best.pt, report.md, training.png")
+    train.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    train.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimizer steps per variant")
+    train.add_argument("--batch", type=int, default=TrainConfig.batch, help="2-D crops per step")
+    train.add_argument("--crop", type=int, default=TrainConfig.crop, help="crop size, pixels (1 mm)")
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
+    train.add_argument("--device", choices=DEVICES, default="auto")
+    return parser
+
+
+def _map_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--t1", required=True, type=Path, help="T1 map (ms, or s with --units s)")
+    parser.add_argument("--t2", required=True, type=Path, help="T2 map (ms, or s with --units s)")
+    parser.add_argument("--pd", required=True, type=Path, help="PD map (fraction of water; percent is detected)")
+    parser.add_argument("--units", choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="a model file from train-seg (default: the shipped one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
+    parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
+                        help="lines: one 'progress DONE/TOTAL STEP' line per step, for a GUI reading stdout")
+
+
+def _progress(args: argparse.Namespace, what: str) -> Callable[[int, int], None]:
+    """A progress callback: a tqdm bar, or machine-readable lines for the Slicer module."""
+    if args.progress == "lines":
+        return lambda done, total: print(progress_line(done, total, what), flush=True)
+    from tqdm import tqdm
+
+    bar = tqdm(desc=what, unit="slice", leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _protocol(args: argparse.Namespace) -> Protocol:
+    if args.preset:
+        given = [f"--{n}" for n in ("tr", "te", "ti", "ti2", "flip") if getattr(args, n) is not None]
+        if given:
+            raise InputError(f"--preset fixes the parameters; drop {' '.join(given)} or use --sequence")
+        return preset(args.preset).protocol
+    if args.tr is None or args.te is None:
+        raise InputError(f"--sequence {args.sequence} needs --tr and --te")
+    return protocol_from_args(args.sequence, args.tr, args.te, args.ti, args.ti2, args.flip)
+
+
+def _load_maps(args: argparse.Namespace) -> Maps:
+    """The checked maps of ``--t1 --t2 --pd --units``, saying what was converted (e.g. PD in percent)."""
+    maps = load_maps(args.t1, args.t2, args.pd, args.units)
+    for note in maps.notes:
+        print(f"note: {note}")
+    return maps
+
+
+def _synthesize(maps: Maps, protocol: Protocol, device, fused: bool = False):
+    import torch
+
+    from ..physics.synthesis import synthesize_volume
+
+    t1, t2, pd = maps.tensors(device)
+    try:
+        return synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError is torch >= 2.5 only
+        raise InputError(f"out of memory on {device} for a {maps.t1.shape} volume; try --device cpu") from None
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    protocol = _protocol(args)
+    check_output(args.output, args.overwrite)  # before any work, so nothing is lost
+    device = pick_device(args.device)
+    maps = _load_maps(args)
+    start = time.perf_counter()
+    image = _synthesize(maps, protocol, device, args.fused)
+    seconds = time.perf_counter() - start
+    write_volume(maps.volume(image), args.output, overwrite=args.overwrite)
+    print(f"{protocol.sequence} {protocol.caption()} -> {args.output} ({seconds * 1000:.0f} ms on {device})")
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    rows = [("name", "sequence", "parameters", "shows", "source")]
+    rows += [(p.name, p.protocol.sequence, p.protocol.caption(), p.shows, p.source) for p in PRESETS.values()]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from .batch import synthesize_subjects
+
+    presets = [preset(name) for name in args.preset]
+
+    def report(done: int, total: int, subject: str) -> None:
+        print(progress_line(done, total, subject), flush=True)
+
+    failures = synthesize_subjects(
+        args.input, presets, args.output, pick_device(args.device), args.units, args.overwrite,
+        progress=report if args.progress == "lines" else None,
+    )
+    if failures:
+        raise InputError(f"{len(failures)} subject(s) skipped: {', '.join(failures)} (reasons above)")
+    print(f"{len(presets)} contrast(s) per subject written under {args.output}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    out: Path = check_output_folder(args.output, args.overwrite)
+    run_demo(out, pick_device(args.device))
+
+
+def cmd_phantom(args: argparse.Namespace) -> None:
+    """Generate a split, write a report, or fetch the anatomy sources."""
+    if args.fetch_sources is not None:
+        from ..phantoms.sources import fetch_sources
+
+        fetch_sources(args.fetch_sources or None)
+        return
+    if args.report is not None:
+        from ..phantoms.report import write_report
+
+        png, md = write_report(args.report)
+        print(f"report: {png} and {md}")
+        return
+    if args.split is None or args.output is None:
+        raise InputError("phantom needs --split and -o (or --report DIR, or --fetch-sources)")
+    from ..phantoms.generator import write_split
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
+    start = time.perf_counter()
+    manifest = write_split(args.output, args.split, args.count, args.seed, args.field, args.lesions, args.resolution,
+                           sources, args.overwrite)
+    seconds = time.perf_counter() - start
+    print(f"{args.count} {args.split} subject(s) in {seconds:.1f} s -> {args.output} ({manifest.name})")
+
+
+def _check_free(paths: Sequence[Optional[Path]], overwrite: bool, need_folder: bool = True) -> None:
+    """Side files (not volumes), ``None`` skipped: :func:`check_output_file` for each."""
+    for path in paths:
+        if path is not None:
+            check_output_file(path, overwrite, need_folder)
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from ..io.labels import STRUCTURES, write_color_table, write_seg_nrrd
+    from ..models.segmenter import LABELS, label_volumes_ml, load_model, segment
+
+    check_output(args.output, args.overwrite)  # every output is checked before any work, so nothing is lost
+    stem = next(args.output.name[: -len(e)] for e in EXTENSIONS if args.output.name.lower().endswith(e))
+    table = args.output.with_name(stem + ".ctbl")
+    if args.seg_out is not None and not args.seg_out.name.endswith(".seg.nrrd"):
+        raise InputError(f"{args.seg_out}: --seg-out must end in .seg.nrrd")
+    _check_free([table, args.seg_out, args.volumes], args.overwrite)
+    device = pick_device(args.device)
+    maps = _load_maps(args)
+    model = load_model(args.model, device)
+    start = time.perf_counter()
+    labels = segment(maps, model, device, progress=_progress(args, "segment"), log=lambda line: print(f"note: {line}"))
+    seconds = time.perf_counter() - start
+    write_volume(labels, args.output, overwrite=args.overwrite)
+    write_color_table(table, list(LABELS), overwrite=args.overwrite)
+    if args.seg_out is not None:
+        write_seg_nrrd(labels, args.seg_out, overwrite=args.overwrite)
+    volumes = label_volumes_ml(labels)
+    if args.volumes is not None:
+        write_structure_volumes(args.volumes, volumes, STRUCTURES)
+    width = max(map(len, volumes))
+    for name, ml in volumes.items():
+        print(f"  {name:{width}s} {ml:6.2f} ml")
+    print(f"14 structures -> {args.output} ({seconds:.1f} s on {device})")
+
+
+def cmd_contrast(args: argparse.Namespace) -> None:
+    from ..models.segmenter import load_model
+
+    model = load_model(args.model, pick_device("cpu"))
+    if model.contrast is None:
+        raise InputError(f"{args.model}: this model reads the raw maps; it has no learned contrasts")
+    protocols = model.contrast.protocols()
+    paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
+    for path in paths:
+        check_output(path, args.overwrite)
+    _check_free([args.output / LEARNED_INDEX], args.overwrite, need_folder=False)  # the volumes create the folder
+    device = pick_device(args.device)
+    maps = _load_maps(args)
+    report = _progress(args, "contrast")
+    for k, (protocol, path) in enumerate(zip(protocols, paths)):
+        image = _synthesize(maps, protocol, device)
+        write_volume(maps.volume(image), path, overwrite=args.overwrite)
+        report(k + 1, len(protocols))
+        print(f"learned {k + 1}: {protocol.sequence} {protocol.caption()} -> {path}")
+    write_learned_index(args.output, protocols, paths)
+
+
+def cmd_train_seg(args: argparse.Namespace) -> None:
+    from ..training.segmenter import train_command
+
+    config = TrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, seed=args.seed)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
+
+
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,
+            "segment": cmd_segment, "contrast": cmd_contrast}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except InputError as error:
+        if args.debug:
+            raise
+        print(f"syntheticmri: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Subcortical segmentation from T1/T2/PD maps: the model (learnable contrasts + a MONAI 2-D U-Net) and inference.
+
+The model segments axial slices of a 1 mm grid whose axes follow LPS (the grid it was
+trained on). :func:`segment` brings any input there and back: maps on another spacing or
+orientation are resampled (linear) to 1 mm, axis-aligned, and the label map is resampled
+(nearest neighbour) back onto the input's exact grid. Each structure keeps its largest
+connected component (a subcortical structure is one piece; stray voxels elsewhere are
+errors). Labels use FreeSurfer numbering, as the phantoms do.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from .contrast import LearnableContrast, normalize_contrasts
+from ..errors import InputError
+from ..io.maps import Maps
+from ..io.labels import STRUCTURES
+from ..resources import resource_path
+from ..io.volumes import PathLike, Volume
+
+__all__ = [
+    "LABELS", "CLASS_NAMES", "SegmentationModel", "load_model", "save_model", "default_model_path",
+    "check_brain_maps", "segment", "predict_classes", "keep_largest_components", "label_volumes_ml", "label_dice",
+    "structure_dice",
+]
+
+LABELS: Tuple[int, ...] = (0,) + tuple(STRUCTURES.values())
+"""FreeSurfer label of each output class (class 0 is background)."""
+CLASS_NAMES: Tuple[str, ...] = ("background",) + tuple(STRUCTURES)
+MODEL_SPACING_MM = 1.0
+_LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+_MAP_SCALE = (1000.0, 100.0, 1.0)  # raw-map input: T1/1000 ms, T2/100 ms, PD: all of order 1
+
+
+class SegmentationModel(nn.Module):
+    """Maps in, 15 class logits out. ``inputs``: ``"contrasts"`` (a :class:`LearnableContrast`, trainable or
+    frozen) or ``"maps"`` (the scaled T1/T2/PD maps themselves, no physics).
+
+    ``config`` holds everything needed to rebuild it (:func:`load_model`): ``inputs``,
+    ``sequences`` and the U-Net's ``channels`` and ``num_res_units``.
+    """
+
+    def __init__(self, config: Mapping[str, Any], contrast: Optional[LearnableContrast] = None) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.config = dict(config)
+        if self.config["inputs"] == "contrasts":
+            self.contrast = contrast if contrast is not None else LearnableContrast(self.config["sequences"])
+            channels_in = len(self.contrast.sequences)
+        elif self.config["inputs"] == "maps":
+            self.contrast = None
+            channels_in = 3
+        else:
+            raise InputError(f"unknown model inputs {self.config['inputs']!r}")
+        channels = tuple(self.config["channels"])
+        self.unet = UNet(spatial_dims=2, in_channels=channels_in, out_channels=len(LABELS), channels=channels,
+                         strides=(2,) * (len(channels) - 1), num_res_units=int(self.config["num_res_units"]))
+
+    @property
+    def size_multiple(self) -> int:
+        """Slice height and width must be multiples of this (one halving per U-Net level)."""
+        return 2 ** (len(self.config["channels"]) - 1)
+
+    def images(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
+               scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """The U-Net's input ``[B, C, H, W]`` from maps ``[B, H, W]``; ``scanner`` adds acquisition effects
+        (training augmentation) before the intensity normalization, as a real scan would have them."""
+        if self.contrast is None:
+            x = torch.stack([m / s for m, s in zip((t1, t2, pd), _MAP_SCALE)], dim=1)
+            return x if scanner is None else scanner(x)
+        x = self.contrast(t1, t2, pd)
+        if scanner is not None:
+            x = scanner(x)
+        return normalize_contrasts(x, pd > 0)
+
+    def forward(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
+                scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        return self.unet(self.images(t1, t2, pd, scanner))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def default_model_path() -> Path:
+    return resource_path("Models", "subcortical.pt")
+
+
+def save_model(model: SegmentationModel, path: PathLike, extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Weights and config in one file that ``torch.load(weights_only=True)`` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"config": model.config, "state_dict": state, "extra": dict(extra or {})}, path)
+    return path
+
+
+def load_model(path: Optional[PathLike] = None, device: torch.device = torch.device("cpu")) -> SegmentationModel:
+    """A model written by :func:`save_model` (default: the shipped one), in eval mode on ``device``."""
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = SegmentationModel(saved["config"])
+        model.load_state_dict(saved["state_dict"])
+    except (RuntimeError, KeyError, EOFError, ValueError) as error:
+        raise InputError(f"{path}: not a SyntheticMRI segmentation model ({type(error).__name__})") from None
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- input checks and the model grid
+
+_MIN_EXTENT_MM = (110.0, 130.0, 90.0)  # L-R, A-P, S-I extent of a whole adult brain is ~140, 170, 120 mm
+
+
+def check_brain_maps(maps: Maps) -> None:
+    """Refuse maps that cannot be a whole brain: relaxation values far from tissue, or a field of view too small."""
+    foreground = maps.pd > 0.05
+    if foreground.sum() < 1000:
+        raise InputError("PD map has almost no tissue (fewer than 1000 voxels above 0.05)")
+    t1 = float(np.median(maps.t1[foreground]))
+    t2 = float(np.median(maps.t2[foreground]))
+    if not (300.0 <= t1 <= 4000.0 and 20.0 <= t2 <= 1000.0):
+        raise InputError(f"median T1 {t1:.0f} ms and T2 {t2:.0f} ms are not those of brain tissue "
+                         "(expected T1 300-4000 ms, T2 20-1000 ms); are these T1/T2/PD maps in ms?")
+    ijk = np.argwhere(foreground)[:, ::-1]  # (i, j, k)
+    corners = np.stack([ijk.min(0), ijk.max(0)]).astype(float)
+    matrix = np.asarray(maps.grid.direction).reshape(3, 3) * np.asarray(maps.grid.spacing)
+    points = np.array([[corners[a, 0], corners[b, 1], corners[c, 2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    extent = np.ptp(points @ matrix.T, axis=0)
+    if np.any(extent < _MIN_EXTENT_MM):
+        raise InputError(f"the maps cover {extent[0]:.0f} x {extent[1]:.0f} x {extent[2]:.0f} mm (L-R x A-P x S-I); "
+                         "segment needs whole-brain maps (at least "
+                         f"{_MIN_EXTENT_MM[0]:.0f} x {_MIN_EXTENT_MM[1]:.0f} x {_MIN_EXTENT_MM[2]:.0f} mm)")
+
+
+def model_grid(grid: Volume) -> Optional[Volume]:
+    """The 1 mm LPS-aligned grid covering ``grid``, or ``None`` when ``grid`` already is one (no resampling)."""
+    if np.allclose(grid.direction, _LPS, atol=1e-6) and np.allclose(grid.spacing, MODEL_SPACING_MM, atol=1e-3):
+        return None
+    shape = grid.array.shape[::-1]
+    matrix = np.asarray(grid.direction).reshape(3, 3) * np.asarray(grid.spacing)
+    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
+    points = corners @ matrix.T + np.asarray(grid.origin)
+    low, high = points.min(0), points.max(0)
+    size = np.maximum(1, np.ceil((high - low) / MODEL_SPACING_MM - 1e-6)).astype(int)
+    origin = low + MODEL_SPACING_MM / 2
+    return Volume(np.zeros(size[::-1], np.uint8), (MODEL_SPACING_MM,) * 3, tuple(origin.tolist()), _LPS)
+
+
+def _resample(volume: Volume, reference: Volume, interpolator: int) -> np.ndarray:
+    image = sitk.Resample(volume.to_image(), reference.to_image(), sitk.Transform(), interpolator, 0.0,
+                          volume.to_image().GetPixelID())
+    return sitk.GetArrayFromImage(image)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last two axes up to multiples of ``multiple`` (bottom and right; cropped off after)."""
+    h, w = x.shape[-2:]
+    return torch.nn.functional.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
+
+
+@torch.no_grad()
+def predict_classes(model: SegmentationModel, t1: np.ndarray, t2: np.ndarray, pd: np.ndarray,
+                    device: torch.device = torch.device("cpu"), batch: int = 16,
+                    progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    """Class indices ``[k, j, i]`` (uint8) of maps already on the model's grid, axial slice by slice.
+
+    Only the bounding box of the head (PD > 0) is fed to the network; ``progress(done, total)``
+    is called after each batch of slices.
+    """
+    model.eval()
+    out = np.zeros(t1.shape, np.uint8)
+    head = np.argwhere(pd > 0)
+    if head.size == 0:
+        return out
+    (k0, j0, i0), (k1, j1, i1) = head.min(0), head.max(0) + 1
+    box = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+    maps = [torch.from_numpy(np.ascontiguousarray(m[box], dtype=np.float32)) for m in (t1, t2, pd)]
+    total = k1 - k0
+    for start in range(0, total, batch):
+        part = [m[start:start + batch].to(device) for m in maps]
+        padded = [_pad_to(m, model.size_multiple) for m in part]
+        logits = model(*padded)[..., : part[0].shape[-2], : part[0].shape[-1]]
+        out[k0 + start: k0 + start + len(part[0]), j0:j1, i0:i1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        if progress is not None:
+            progress(min(start + batch, total), total)
+    return out
+
+
+def keep_largest_components(classes: np.ndarray) -> np.ndarray:
+    """Each non-zero class reduced to its largest 26-connected component (the rest becomes background)."""
+    out = classes.copy()
+    image = sitk.GetImageFromArray(classes)
+    for c in np.unique(classes):
+        if c == 0:
+            continue
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(image == int(c), True), sortByObjectSize=True)
+        out[(classes == c) & (sitk.GetArrayViewFromImage(components) != 1)] = 0
+    return out
+
+
+def segment(maps: Maps, model: Optional[SegmentationModel] = None, device: torch.device = torch.device("cpu"),
+            progress: Optional[Callable[[int, int], None]] = None, log: Callable[[str], None] = lambda _: None) -> Volume:
+    """FreeSurfer-numbered labels (uint16) of the 14 subcortical structures on the exact grid of ``maps``."""
+    check_brain_maps(maps)
+    model = model if model is not None else load_model(device=device)
+    model = model.to(device)
+    reference = model_grid(maps.grid)
+    if reference is None:
+        arrays = (maps.t1, maps.t2, maps.pd)
+    else:
+        log(f"resampling the maps from {np.round(maps.grid.spacing, 3).tolist()} mm to the model's 1 mm axial grid and back")
+        arrays = tuple(_resample(maps.grid.with_array(m), reference, sitk.sitkLinear) for m in (maps.t1, maps.t2, maps.pd))
+    start = time.perf_counter()
+    try:
+        classes = predict_classes(model, *arrays, device=device, progress=progress)
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError is torch >= 2.5 only
+        raise InputError(f"out of memory on {device}; try --device cpu") from None
+    classes = keep_largest_components(classes)
+    log(f"network {time.perf_counter() - start:.1f} s on {device}")
+    labels = np.asarray(LABELS, np.uint16)[classes]
+    if reference is not None:
+        labels = _resample(reference.with_array(labels), maps.grid.with_array(np.zeros(maps.t1.shape, np.uint16)),
+                           sitk.sitkNearestNeighbor)
+    return maps.grid.with_array(labels.astype(np.uint16))
+
+
+def label_dice(predicted: np.ndarray, truth: np.ndarray, labels: Iterable[int]) -> np.ndarray:
+    """Dice of each of ``labels`` between two label maps on one grid: the one Dice of the package.
+
+    A label found in neither map scores 1; one missed (or only predicted) scores 0.
+    """
+    scores = []
+    for label in labels:
+        a, b = predicted == label, truth == label
+        total = int(a.sum()) + int(b.sum())
+        scores.append(2.0 * int((a & b).sum()) / total if total else 1.0)
+    return np.array(scores, dtype=np.float64)
+
+
+def structure_dice(predicted: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
+    """Dice of each of the 14 structures between two FreeSurfer-numbered label maps on one grid."""
+    return dict(zip(STRUCTURES, label_dice(predicted, truth, STRUCTURES.values()).tolist()))
+
+
+def label_volumes_ml(labels: Volume) -> Dict[str, float]:
+    """Volume (ml) of each of the 14 structures in a FreeSurfer-numbered label map."""
+    counts = np.bincount(np.asarray(labels.array, np.int64).ravel(), minlength=max(LABELS) + 1)
+    ml = float(np.prod(labels.spacing)) / 1000.0
+    return {name: float(counts[label]) * ml for name, label in STRUCTURES.items()}

@@ -1,0 +1,239 @@
+"""The module's logic: synthetic contrasts, segmentation and learned contrasts into MRML nodes, without the GUI.
+
+Usable from the Slicer Python console (``SyntheticMRI.SyntheticMRILogic()``), the
+widget, and tests. Importing it imports neither torch nor MRML: the bridge
+(:mod:`SyntheticMRILib.slicer.bridge`), the preview and the physics load on first
+use, after :meth:`SyntheticMRILogic.ensureDependencies`. Synthesis of one volume
+is sub-second and runs in process; segmentation and the learned contrasts run in a
+PythonSlicer child (:mod:`SyntheticMRILib.jobs`).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from .. import jobs
+from ..physics.protocols import PRESETS, Protocol, contrast_description, preset, protocol_from_values
+from . import install
+
+__all__ = ["SyntheticMRILogic", "CUSTOM_CONTRASTS", "CONTRASTS", "sequence_of", "custom_contrast_of"]
+
+# The GUI's contrast list: the presets, then a custom entry per sequence.
+CUSTOM_CONTRASTS = {
+    "Custom spin echo": "se", "Custom inversion recovery": "ir", "Custom phase-sensitive IR": "psir",
+    "Custom double IR": "dir", "Custom gradient echo": "gre", "Custom dSIR": "dsir",
+}
+CONTRASTS = tuple(PRESETS) + tuple(CUSTOM_CONTRASTS)
+PROTOCOL_ATTRIBUTE = "SyntheticMRI.Protocol"  # as in the bridge, which stays unimported until torch is there
+
+
+def sequence_of(contrast: str) -> str:
+    """The sequence key ('se', 'ir', ...) of a GUI contrast: a preset name or a custom entry."""
+    return PRESETS[contrast].protocol.sequence if contrast in PRESETS else CUSTOM_CONTRASTS[contrast]
+
+
+def custom_contrast_of(sequence: str) -> str:
+    """The custom GUI entry of a sequence key."""
+    return next(label for label, key in CUSTOM_CONTRASTS.items() if key == sequence)
+
+
+def _bridge():
+    from . import bridge  # imports torch (through the preview) and MRML
+
+    return bridge
+
+
+class SyntheticMRILogic:
+    """Synthetic contrasts into volume nodes: a thin layer over SyntheticMRILib.
+
+    The maps of the last inputs stay cached as tensors, so that slider moves do not convert three volumes.
+    ``confirm(question) -> bool``, ``pipInstall(requirements)``, ``installTorch(requirement)`` and
+    ``showError(message)`` default to Slicer's dialogs, ``slicer.util.pip_install`` and PyTorch Utils; tests
+    pass their own.
+    """
+
+    def __init__(self, confirm: Optional[Callable[[str], bool]] = None, pipInstall: Optional[Callable[[str], None]] = None,
+                 installTorch: Optional[Callable[[str], None]] = None, showError: Optional[Callable[[str], None]] = None) -> None:
+        self.lastDuration = 0.0  # seconds of the last whole-volume synthesis
+        self._cache = None  # a preview.MapCache, made on first use (it holds torch tensors)
+        self._confirm, self._pipInstall, self._installTorch, self._showError = confirm, pipInstall, installTorch, showError
+
+    def clearCache(self) -> None:
+        self._cache = None
+
+    # ------------------------------------------------------------------ dependencies
+    @staticmethod
+    def missingPackages(extras: bool = False) -> List[str]:
+        """What to install before SyntheticMRILib runs: torch and, with ``extras``, the segmenter's packages."""
+        return install.missing_packages(extras)
+
+    def ensureDependencies(self, extras: bool = False, askConfirmation: bool = True) -> bool:
+        """True when the packages are there; otherwise offers, in one dialog, to install them.
+        With ``askConfirmation=False`` nothing is installed and the answer is False (no dialogs on auto-updates)."""
+        missing = self.missingPackages(extras)
+        if not missing:
+            return True
+        question = ("Synthetic MRI needs these Python packages, which are not installed yet:\n\n    {packages}\n\n"
+                    "Install them now? PyTorch is a download of several hundred MB and may take a few minutes.")
+        if not askConfirmation or not (self._confirm or _slicerConfirm)(question.format(packages=", ".join(missing))):
+            return False
+        try:
+            install.install_packages(missing, self._pipInstall or _slicerPipInstall, self._installTorch or _pytorchUtilsInstall)
+        except Exception as error:
+            (self._showError or _slicerError)(f"Installing {', '.join(missing)} failed: {error}")
+            return False
+        return not self.missingPackages(extras)
+
+    @staticmethod
+    def libraryLoaded() -> bool:
+        """Whether torch and the physics are imported already; nothing is imported to find out."""
+        return "SyntheticMRILib.physics.synthesis" in sys.modules
+
+    # ------------------------------------------------------------------ protocols (no torch needed)
+    @staticmethod
+    def protocol(contrast: str, tr: float, te: float, ti=None, ti2=None, flip=None) -> Protocol:
+        """A validated Protocol for a GUI contrast; parameters the sequence does not take are dropped."""
+        return protocol_from_values(sequence_of(contrast), dict(tr=tr, te=te, ti=ti, ti2=ti2, flip=flip))
+
+    @staticmethod
+    def presetProtocol(name: str) -> Protocol:
+        """The Protocol of a preset (case-insensitive); InputError naming the presets if there is none."""
+        return preset(name).protocol
+
+    @staticmethod
+    def contrastDescription(contrast: str) -> str:
+        """What a contrast shows."""
+        return contrast_description(contrast if contrast in PRESETS else sequence_of(contrast))
+
+    @staticmethod
+    def outputName(contrast: str) -> str:
+        return "Synthetic " + (contrast if contrast in PRESETS else contrast[len("Custom "):])
+
+    # ------------------------------------------------------------------ synthesis, in process
+    def loadSample(self) -> dict:
+        """The bundled sample as nodes: 't1', 't2' (ms), 'pd' (fraction) and 'segmentation' (its FreeSurfer labels)."""
+        return _bridge().load_sample()
+
+    def _mapTensors(self, t1Node, t2Node, pdNode, units: str, device: str):
+        from .preview import MapCache
+
+        bridge, nodes = _bridge(), (t1Node, t2Node, pdNode)
+        self._cache = self._cache or MapCache()
+        return self._cache.get((bridge.node_stamps(nodes), units), lambda: bridge.maps_from_nodes(*nodes, units=units), device)
+
+    def synthesize(self, t1Node, t2Node, pdNode, contrast, outputNode=None, units: str = "ms", device: str = "auto",
+                   fused: bool = True, name: Optional[str] = None):
+        """The whole synthetic volume on the T1 map's grid, into ``outputNode`` (a new node when None); returns it.
+        ``contrast`` is a preset name or a Protocol, ``units`` those of the T1/T2 maps ("ms" or "s")."""
+        # In process: the fused kernel takes ~45 ms for 256^3 on 2 CPU threads, under 1 ms on a GPU (DESIGN.md),
+        # after a compile of seconds; eager torch ~0.4 s. A worker process would cost more than that.
+        from ..physics.synthesis import synthesize_volume
+
+        protocol = self.presetProtocol(contrast) if isinstance(contrast, str) else contrast.validate()
+        if outputNode is not None and outputNode in (t1Node, t2Node, pdNode):
+            raise ValueError("The output volume must not be one of the input maps.")
+        maps, (t1, t2, pd) = self._mapTensors(t1Node, t2Node, pdNode, units, device)
+        start = time.perf_counter()
+        array = synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
+        self.lastDuration = time.perf_counter() - start
+        if name is None and isinstance(contrast, str):  # the name follows the contrast unless the user renamed the node
+            name = "Synthetic " + contrast
+        return _bridge().node_from_contrast(maps.volume(array), protocol, node=outputNode, name=name)
+
+    def updateVisibleSlices(self, t1Node, t2Node, pdNode, protocol, outputNode, units="ms", device="auto", sliceNodes=None) -> int:
+        """Recompute, in place, only the voxels of ``outputNode`` (synthesized before, on the maps' grid) that the
+        ``sliceNodes`` show (default: the views showing it); returns how many views (see ``preview``)."""
+        maps, tensors = self._mapTensors(t1Node, t2Node, pdNode, units, device)
+        return _bridge().update_visible_slices(maps, tensors, protocol, outputNode, sliceNodes)
+
+    # ------------------------------------------------------------------ maps jobs, out of process
+    def mapsJob(self, command: str, t1Node, t2Node, pdNode, units: str = "ms", device: str = "auto",
+                temporaryPath: Optional[str] = None) -> Tuple[str, List[str]]:
+        """Write the maps into a new temporary folder; return it and the argv of a ``segment`` or
+        ``contrast --learned`` child (:func:`SyntheticMRILib.jobs.maps_job`) that writes its results there."""
+        bridge = _bridge()
+        folder = tempfile.mkdtemp(prefix="SyntheticMRI-", dir=temporaryPath or _slicerTemporaryPath())
+        try:
+            jobs.write_job_maps(folder, [bridge.volume_from_node(node) for node in (t1Node, t2Node, pdNode)])
+        except Exception:
+            self.removeJobFolder(folder)  # a map that cannot be written leaves no folder behind
+            raise
+        return folder, jobs.maps_job(jobs.slicer_python(), command, folder, units, device)
+
+    def loadSegmentation(self, folder: str, referenceNode=None):
+        """The ``segment`` results of ``folder`` as a segmentation node (named, coloured, coded segments on the
+        reference's grid) and a table node of the structure volumes (ml); returns both."""
+        from ..io.volumes import read_volume
+
+        bridge = _bridge()
+        labels = read_volume(Path(folder) / jobs.SEGMENTATION_FILE)
+        volumesMl = jobs.read_structure_volumes(Path(folder) / jobs.VOLUMES_FILE)
+        segmentation = bridge.segmentation_from_labels(labels, referenceNode, "Subcortical segmentation")
+        return segmentation, bridge.volumes_table(volumesMl, "Subcortical volumes (ml)", segmentation.GetScene())
+
+    def loadLearnedContrasts(self, folder: str) -> list:
+        """The ``contrast --learned`` results of ``folder`` as volume nodes that carry their protocols."""
+        from ..io.volumes import read_volume
+
+        nodes = []
+        for k, (path, protocol) in enumerate(jobs.read_learned_index(Path(folder) / jobs.LEARNED_FOLDER)):
+            name = f"Learned contrast {k + 1} ({protocol.sequence.upper()} {protocol.caption()})"
+            nodes.append(_bridge().node_from_contrast(read_volume(path), protocol, name=name))
+        return nodes
+
+    @staticmethod
+    def removeJobFolder(folder: str) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def segment(self, t1Node, t2Node, pdNode, units: str = "ms", device: str = "auto"):
+        """Console use: segment in a child process and wait; returns (segmentation node, volumes table node)."""
+        folder, argv = self.mapsJob("segment", t1Node, t2Node, pdNode, units, device)
+        try:
+            code, stderr = jobs.run_batch_process(argv)
+            if code != 0:
+                raise RuntimeError(jobs.error_line(stderr) or f"segment failed (exit code {code})")
+            return self.loadSegmentation(folder, t1Node)
+        finally:
+            self.removeJobFolder(folder)
+
+
+# --------------------------------------------------------------------------- Slicer's defaults
+def _slicerConfirm(question: str) -> bool:
+    import slicer
+
+    return slicer.util.confirmOkCancelDisplay(question, windowTitle="Install Python packages")
+
+
+def _slicerError(message: str) -> None:
+    import slicer
+
+    slicer.util.errorDisplay(message)
+
+
+def _slicerPipInstall(requirements: str) -> None:
+    import slicer
+
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(requirements)
+
+
+def _pytorchUtilsInstall(requirement: str) -> None:
+    """torch through PyTorch Utils (the build for the GPU driver); pip when that extension was removed."""
+    try:
+        import PyTorchUtils
+    except ImportError:
+        _slicerPipInstall(requirement)
+        return
+    # Our dialog was the one confirmation; PyTorch Utils is not to ask again.
+    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement[len("torch"):]) is None:
+        raise RuntimeError("PyTorch Utils did not install PyTorch")
+
+
+def _slicerTemporaryPath() -> str:
+    import slicer
+
+    return slicer.app.temporaryPath

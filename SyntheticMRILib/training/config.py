@@ -1,0 +1,32 @@
+"""The training recipe of the segmenter and its variants: plain data, no torch, so the command line can show
+the defaults without loading the training stack."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+__all__ = ["TrainConfig", "VARIANTS"]
+
+VARIANTS = ("learned", "fixed", "maps", "random")
+
+
+@dataclass
+class TrainConfig:
+    """The recipe; every variant of a run shares it."""
+
+    steps: int = 5000
+    batch: int = 16
+    crop: int = 96
+    lr: float = 2e-3
+    physics_lr: float = 0.02  # Adam step on the unconstrained (logit) parameters
+    physics_warmup: float = 0.2  # share of the run over which the physics rate ramps up: the U-Net learns first
+    weight_decay: float = 1e-4
+    evaluations: int = 8  # validation passes (and checkpoints) over the run
+    focus: float = 0.75  # share of crops centred on a structure (the rest anywhere in the head)
+    snr: Tuple[float, float] = (80.0, 250.0)  # SNR of a fully relaxed PD=1 signal: T2w WM then has 15-40
+    bias: float = 0.2
+    resolution_loss: Tuple[float, float] = (1.0, 2.0)
+    channels: Tuple[int, ...] = (16, 32, 64, 128, 256)  # 5 levels: a 3-D structure's context in a 2-D slice
+    num_res_units: int = 2
+    seed: int = 0
+    random_start_seed: int = 1

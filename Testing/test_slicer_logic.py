@@ -1,0 +1,202 @@
+"""The module's logic (SyntheticMRILib.slicer.logic) against real MRML (slicer-core), and the install decisions
+(SyntheticMRILib.slicer.install) with fakes for pip and PyTorch Utils."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SyntheticMRILib.io.volumes import Volume
+from SyntheticMRILib.physics.protocols import PRESETS
+from SyntheticMRILib.slicer import install
+from SyntheticMRILib.slicer.logic import PROTOCOL_ATTRIBUTE, SyntheticMRILogic
+from test_slicer_preview import DIRECTIONS, oblique_plane, shown_voxels, slice_to_ras
+
+
+@pytest.fixture
+def logic(monkeypatch):
+    """The logic over a fresh headless scene as slicer.mrmlScene."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer-core (real MRML) is not installed")
+    from SyntheticMRILib.slicer import bridge
+
+    monkeypatch.setattr(slicer, "mrmlScene", bridge.create_scene(), raising=False)
+    return SyntheticMRILogic()
+
+
+def _map_nodes(direction):
+    """T1/T2/PD nodes of brain-like random tissue on an awkward grid, in slicer.mrmlScene."""
+    import slicer
+    from SyntheticMRILib.slicer import bridge as slicer_bridge
+
+    rng = np.random.default_rng(3)
+    shape = (9, 11, 13)
+    arrays = {
+        "t1": rng.uniform(300, 4200, shape), "t2": rng.uniform(30, 2000, shape), "pd": rng.uniform(0.5, 1.0, shape)
+    }
+    grid = dict(spacing=(0.9, 1.1, 2.5), origin=(12.5, -30.25, 7.0), direction=tuple(np.ravel(direction)))
+    return {
+        name: slicer_bridge.node_from_volume(Volume(a.astype(np.float32), **grid), name, scene=slicer.mrmlScene)
+        for name, a in arrays.items()
+    }
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
+def test_logic_previews_what_the_views_show(logic, direction):
+    """Two views aligned with the grid and one oblique, as vtkMRMLSliceNodes over real volume nodes."""
+    import slicer
+
+    nodes = _map_nodes(direction)
+    output = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2-FLAIR", fused=False)
+    assert output.GetName() == "Synthetic T2-FLAIR" and output.GetAttribute(PROTOCOL_ATTRIBUTE).startswith("ir ")
+    flair = slicer.util.arrayFromVolume(output).copy()
+    reference = slicer.util.arrayFromVolume(
+        logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False, name="reference")
+    ).copy()
+
+    volume = slicer_volume(output)  # the node's grid as the library sees it
+    planes = [slice_to_ras(2, volume, (6, 5, 4)), slice_to_ras(0, volume, (7, 5, 4))]  # a k and an i slice
+    oblique = oblique_plane(volume, tilt=(15, 20), through=(6.2, 5.4, 4.1), normal_axis_ijk=1)
+    slice_nodes = []
+    for plane in planes + [oblique]:
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slicer.util.updateVTKMatrixFromArray(node.GetSliceToRAS(), plane)
+        slice_nodes.append(node)
+
+    assert logic.updateVisibleSlices(
+        nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output, sliceNodes=slice_nodes[:2]
+    ) == 2
+    after = slicer.util.arrayFromVolume(output).copy()
+    expected = flair.copy()
+    expected[4] = reference[4]  # k = 4
+    expected[:, :, 7] = reference[:, :, 7]  # i = 7
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-7)
+
+    logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output, sliceNodes=slice_nodes[2:])
+    after = slicer.util.arrayFromVolume(output)
+    shown = tuple(np.array(sorted(shown_voxels(oblique, volume))).T)
+    np.testing.assert_allclose(after[shown], reference[shown], rtol=1e-5, atol=1e-7)
+    untouched = after == flair
+    assert untouched.sum() > 0.5 * after.size  # a band around the plane, not the volume
+
+
+def test_logic_previews_the_views_of_the_layout_by_default_and_converts_the_maps_once(logic):
+    """Without sliceNodes, the views laid out that show the output (matched by layout name, as Slicer does)."""
+    import slicer
+
+    nodes = _map_nodes(np.eye(3))
+    output = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2-FLAIR", fused=False)
+    flair = slicer.util.arrayFromVolume(output).copy()
+    reference = slicer.util.arrayFromVolume(
+        logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False, name="reference")
+    ).copy()
+    volume = slicer_volume(output)
+    for name, plane, shows in (("Red", slice_to_ras(2, volume, (6, 5, 4)), output),
+                               ("Green", slice_to_ras(1, volume, (6, 8, 4)), nodes["t1"]),  # shows another volume
+                               ("Slice4", slice_to_ras(0, volume, (7, 5, 4)), output)):  # not in the layout
+        slice_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slice_node.SetLayoutName(name)
+        slice_node.SetMappedInLayout(name != "Slice4")
+        slicer.util.updateVTKMatrixFromArray(slice_node.GetSliceToRAS(), plane)
+        composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(name)
+        composite.SetBackgroundVolumeID(shows.GetID())
+    assert logic._cache.loads == 1  # two syntheses from the same maps: converted once
+    assert logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output) == 1
+    expected = flair.copy()
+    expected[4] = reference[4]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(output), expected, rtol=1e-5, atol=1e-7)
+    assert logic._cache.loads == 1
+    nodes["t2"].GetImageData().Modified()  # an edited map is converted again
+    logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], logic.presetProtocol("T1w"), output)
+    assert logic._cache.loads == 2
+
+
+def test_logic_keeps_a_user_named_output_and_refuses_an_input_as_output(logic):
+    import slicer
+    from SyntheticMRILib.slicer import bridge as slicer_bridge
+
+    nodes = _map_nodes(np.eye(3))
+    output = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False)
+    assert output.GetName() == "Synthetic T1w"
+    logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "STIR", outputNode=output, fused=False)
+    assert output.GetName() == "Synthetic STIR"  # named by the module: follows the contrast
+    output.SetName("my contrast")  # renamed by the user (the Data module touches no attribute)
+    logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2w", outputNode=output, fused=False)
+    assert output.GetName() == "my contrast"
+    logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", outputNode=output, fused=False)
+    assert output.GetName() == "my contrast" and output.GetAttribute(PROTOCOL_ATTRIBUTE).startswith("se ")
+    fresh = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Volume")  # from "Create new volume"
+    assert logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "DIR", outputNode=fresh, fused=False).GetName() == "Synthetic DIR"
+    assert PROTOCOL_ATTRIBUTE == slicer_bridge.PROTOCOL_ATTRIBUTE  # the logic's copy (it does not import the bridge)
+    with pytest.raises(ValueError):
+        logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T2w", outputNode=nodes["t2"], fused=False)
+
+
+def test_logic_previews_nothing_into_an_output_off_the_maps_grid(logic):
+    import slicer
+
+    nodes = _map_nodes(np.eye(3))
+    output = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "T1w", fused=False)
+    before = slicer.util.arrayFromVolume(output).copy()
+    output.SetSpacing(2.0, 2.0, 2.0)  # same shape, another grid: voxel indices no longer match
+    slice_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+    slicer.util.updateVTKMatrixFromArray(slice_node.GetSliceToRAS(), slice_to_ras(2, slicer_volume(output), (6, 5, 4)))
+    protocol = logic.presetProtocol("T2w")
+    assert logic.updateVisibleSlices(nodes["t1"], nodes["t2"], nodes["pd"], protocol, output, sliceNodes=[slice_node]) == 0
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(output), before)
+
+
+def slicer_volume(node) -> Volume:
+    from SyntheticMRILib.slicer import bridge as slicer_bridge
+
+    return slicer_bridge.volume_from_node(node)
+
+
+def test_logic_protocols_drop_what_the_sequence_does_not_take():
+    logic = SyntheticMRILogic()
+    protocol = logic.protocol("Custom spin echo", tr=500, te=10, ti=400, ti2=100, flip=30)
+    assert (protocol.sequence, protocol.ti, protocol.ti2, protocol.flip) == ("se", None, None, None)
+    assert logic.protocol("DIR", **PRESETS["DIR"].protocol.values()) == PRESETS["DIR"].protocol
+    assert logic.outputName("Custom double IR") == "Synthetic double IR" and logic.outputName("STIR") == "Synthetic STIR"
+
+
+# --------------------------------------------------------------------------- installing the dependencies
+def test_missing_packages_names_what_is_absent_or_too_old():
+    present = lambda name: object()  # noqa: E731
+    absent = lambda name: None  # noqa: E731
+    assert install.missing_packages(False, present, lambda name: "2.13.0+cpu") == []
+    assert install.missing_packages(True, absent, lambda name: "2.13.0") == ["torch", *install.EXTRA_REQUIREMENTS]
+    assert install.missing_packages(False, present, lambda name: "1.13.1") == ["torch"]  # below TORCH_MINIMUM
+    assert install.requirements(["torch", "monai"]) == ["torch>=%d.%d" % install.TORCH_MINIMUM, "monai>=1.3"]
+
+
+def test_ensure_dependencies_asks_once_then_installs_torch_through_pytorch_utils(monkeypatch):
+    asked, pips, torches, errors = [], [], [], []
+    monkeypatch.setattr(install, "missing_packages", lambda extras=False: [] if pips else ["torch", "monai"])
+    logic = SyntheticMRILogic(confirm=lambda q: asked.append(q) or True, pipInstall=pips.append,
+                              installTorch=torches.append, showError=errors.append)
+    assert logic.ensureDependencies(extras=True)
+    assert len(asked) == 1 and "torch, monai" in asked[0]
+    assert torches == ["torch>=%d.%d" % install.TORCH_MINIMUM] and pips == ["monai>=1.3"] and not errors
+
+
+def test_ensure_dependencies_installs_nothing_when_declined_or_not_to_ask(monkeypatch):
+    monkeypatch.setattr(install, "missing_packages", lambda extras=False: ["torch"])
+    installs = []
+    declined = SyntheticMRILogic(confirm=lambda q: False, pipInstall=installs.append, installTorch=installs.append)
+    assert not declined.ensureDependencies() and installs == []
+    silent = SyntheticMRILogic(confirm=lambda q: pytest.fail("no dialog on an automatic update"), pipInstall=installs.append)
+    assert not silent.ensureDependencies(askConfirmation=False) and installs == []
+
+
+def test_a_failed_install_is_shown_and_answers_false(monkeypatch):
+    monkeypatch.setattr(install, "missing_packages", lambda extras=False: ["torch"])
+    errors = []
+
+    def offline(requirement):
+        raise OSError("no network")
+
+    logic = SyntheticMRILogic(confirm=lambda q: True, pipInstall=offline, installTorch=offline, showError=errors.append)
+    assert not logic.ensureDependencies()
+    assert errors == ["Installing torch failed: no network"]

@@ -1,0 +1,300 @@
+"""The module's widget (SyntheticMRILib.slicer.widget) over fake Qt widgets built from the .ui, a fake parameter
+node wrapper that behaves as Slicer 5.8.1's, real MRML (slicer-core) and real child processes.
+
+Four defects of the earlier module are pinned here, each by a test that failed with it (see each docstring for
+what real Slicer does)."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import typing
+
+import pytest
+
+from slicer_fakes import ROOT, FakeParameterNode, FakeTimer, fake_ui, import_widget_module, install_gui_stubs
+from SyntheticMRILib.devices import DEVICES
+from SyntheticMRILib.io.maps import UNITS
+from SyntheticMRILib.physics.protocols import GAP_MS, PARAMETERS, PRESETS, RANGES, SEQUENCES
+from SyntheticMRILib.slicer.logic import CONTRASTS, SyntheticMRILogic
+from conftest import write_study
+
+
+@pytest.fixture
+def gui(monkeypatch, tmp_path):
+    """The widget module imported over the GUI stubs."""
+    install_gui_stubs(monkeypatch, tmp_path)
+    return import_widget_module()
+
+
+def node_fields(gui) -> dict:
+    """name -> (default, annotation metadata) of the parameter node class."""
+    hints = typing.get_type_hints(gui.SyntheticMRIParameterNode, include_extras=True)
+    return {name: (getattr(gui.SyntheticMRIParameterNode, name, None), getattr(hint, "__metadata__", (None,))[0])
+            for name, hint in hints.items()}
+
+
+def parameter_node(gui, **values) -> FakeParameterNode:
+    fields = node_fields(gui)
+    choices = {name: meta[1] for name, (_, meta) in fields.items() if meta and meta[0] == "Choice"}
+    ranges = {name: meta[1:] for name, (_, meta) in fields.items() if meta and meta[0] == "WithinRange"}
+    return FakeParameterNode({**{name: default for name, (default, _) in fields.items()}, **values}, choices, ranges)
+
+
+class Logic(SyntheticMRILogic):
+    """The library's logic with a parameter node, and PyTorch "missing": the user declines its install."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node, self.asked = node, []
+
+    def getParameterNode(self):
+        return self.node
+
+    def ensureDependencies(self, extras=False, askConfirmation=True):
+        self.asked.append((extras, askConfirmation))
+        return False
+
+
+def make_widget(gui, **values):
+    node = parameter_node(gui, **values)
+    ui = fake_ui()
+    widget = gui.SyntheticMRIWidget(ui, Logic(node))
+    widget.enter()
+    return widget, ui, node
+
+
+def preset_values(name):
+    return {key: float(value) for key, value in PRESETS[name].protocol.values().items()}
+
+
+def physical(node) -> bool:
+    return node.te < node.tr and node.ti < node.tr and node.ti2 < node.ti
+
+
+# --------------------------------------------------------------------------- the parameter node
+def test_the_parameter_node_is_the_catalogue(gui):
+    fields = node_fields(gui)
+    assert {name: fields[name][0] for name in PARAMETERS} == {
+        name: float(preset_values("T2-FLAIR").get(name, fields[name][0])) for name in PARAMETERS}
+    assert fields["contrast"][0] == "T2-FLAIR"
+    assert {name: fields[name][1][1:] for name in PARAMETERS} == {name: RANGES[name] for name in PARAMETERS}
+    assert (fields["contrast"][1][1], fields["units"][1][1], fields["device"][1][1]) == (CONTRASTS, UNITS, DEVICES)
+    # every parameter has one widget: bound through the wrapper, or a slider the widget drives
+    assert set(gui.BINDINGS) | set(gui.SLIDERS) == set(fields) and not set(gui.BINDINGS) & set(gui.SLIDERS)
+    ui = fake_ui()
+    kinds = {"qMRMLNodeComboBox": "vtkMRMLScalarVolumeNode", "QComboBox": "Choice", "QCheckBox": "bool"}
+    for name, widget in gui.BINDINGS.items():
+        hint = typing.get_type_hints(gui.SyntheticMRIParameterNode, include_extras=True)[name]
+        kind = (fields[name][1] or (None,))[0] or getattr(hint, "__name__", None)
+        assert kind == kinds[getattr(ui, widget).cls], (name, widget)
+    assert {getattr(ui, widget).cls for widget in gui.SLIDERS.values()} == {"ctkSliderWidget"}
+
+
+def test_reentering_the_module_keeps_one_gui_connection_and_the_users_choices(gui):
+    """Defect 1. Slicer 5.6/5.8's ``connectGui`` returns no tag, so ``disconnectGui`` cannot undo it: each
+    ``enter()`` added a set of connectors, and refilling the combo boxes made the stale ones write the first
+    choice back: the module re-opened showing "T1w" with another contrast's TR/TE, and units "s" became "ms"."""
+    widget, ui, node = make_widget(gui)
+    node.userPicks("contrast", "STIR")
+    node.userPicks("units", "s")
+    for _ in range(3):
+        widget.exit()
+        widget.enter()
+    assert (node.contrast, node.units) == ("STIR", "s")
+    assert {name: getattr(node, name) for name in preset_values("STIR")} == preset_values("STIR")
+    assert len(node.connections) == 1 and ui.contrastComboBox.bound == "STIR"
+    widget.exit()
+    assert not node.connections
+
+
+def test_a_typed_number_counts_once(gui):
+    """Defect 2. ctkSliderWidget emits valueChanged for every keystroke in its spin box (``setTracking(False)``
+    affects the slider only): typing TR 2500 passed through TR 2 and 25, clamped TE and TI down for good and
+    ran a synthesis per keystroke."""
+    widget, ui, node = make_widget(gui)
+    node.userPicks("contrast", "T1w")
+    changes = []
+    node.AddObserver("ModifiedEvent", lambda *a: changes.append(node.tr))
+    ui.trSlider.spinBox.type("2500")
+    assert (node.tr, node.te) == (2500.0, 10.0)
+    assert set(changes) == {2500.0}
+    assert all(getattr(ui, name).spinBox.keyboardTracking is False for name in gui.SLIDERS.values())
+
+
+def test_presets_apply_bounds_follow_and_an_edited_preset_turns_custom(gui):
+    """Defect 3. A preset edited into "Custom" changed the node while its ModifiedEvent was being handled; the
+    nested event re-opened the slider ranges and was dropped, so TE could be dragged past TR. Here every pass
+    ends with the sliders at the bounds of the final values."""
+    widget, ui, node = make_widget(gui)
+    sliders = {name: getattr(ui, widget) for name, widget in gui.SLIDERS.items()}
+
+    def bounds_hold():
+        return (sliders["te"].maximum == min(RANGES["te"][1], node.tr - GAP_MS)
+                and sliders["ti"].maximum == min(RANGES["ti"][1], node.tr - GAP_MS)
+                and sliders["ti2"].maximum == min(RANGES["ti2"][1], node.ti - GAP_MS)
+                and all(sliders[name].value == getattr(node, name) for name in PARAMETERS))
+
+    assert bounds_hold() and [n for n in ("ti", "ti2", "flip") if sliders[n].visible] == ["ti"]
+    for name, preset in PRESETS.items():  # every preset, from whatever came before
+        node.userPicks("contrast", name)
+        assert node.contrast == name, f"{name} did not stay selected"
+        assert {key: getattr(node, key) for key in preset_values(name)} == preset_values(name)
+        assert sorted(n for n in ("ti", "ti2", "flip") if sliders[n].visible) == sorted(SEQUENCES[preset.protocol.sequence].needs)
+        assert physical(node) and bounds_hold(), name
+    node.userPicks("contrast", "T1w")
+    sliders["te"].userSets(20.0)  # an edited preset is not that preset any more
+    assert (node.contrast, node.te) == ("Custom spin echo", 20.0) and bounds_hold()
+    sliders["te"].userSets(5000.0)  # past TR: the slider stops at its bound
+    assert node.te == node.tr - GAP_MS == 499.0 and bounds_hold()
+    node.userPicks("contrast", "DIR")
+    sliders["tr"].userSets(1000.0)  # TR pulls TI down, and TI pulls TI2
+    assert node.contrast == "Custom double IR" and physical(node) and node.ti == 1000.0 - GAP_MS and bounds_hold()
+    assert ui.tiLabel.text.startswith("TI1")
+    was = node.StartModify()  # several values at once, as from the console or a scene
+    node.tr, node.ti = 9000.0, 5000.0
+    node.EndModify(was)
+    assert (node.tr, node.ti, sliders["ti"].value) == (9000.0, 5000.0, 5000.0) and bounds_hold()
+    assert ui.applyButton.enabled is False  # no maps selected
+
+
+def test_a_preset_applies_without_pytorch(gui):
+    """Defect 4. Applying a preset needed PyTorch (the preset table was in the torch side of the library): when
+    the user declined the install, the new preset's values were never applied and Synthesize labelled FLAIR
+    parameters "T1w". The catalogue imports no torch now, and picking a preset asks nothing."""
+    widget, ui, node = make_widget(gui)
+    node.userPicks("contrast", "T1w")
+    node.userPicks("contrast", "T2-FLAIR")
+    assert node.contrast == "T2-FLAIR" and {k: getattr(node, k) for k in preset_values("T2-FLAIR")} == preset_values("T2-FLAIR")
+    assert widget.logic.asked == [] and "CSF nulled" in ui.contrastInfoLabel.text
+    widget._synthesizeVolume(interactive=True)  # no maps: nothing to do, nothing asked
+    assert widget.logic.asked == []
+
+
+def test_a_new_scene_reconnects_a_shown_module(gui):
+    import slicer
+
+    widget, ui, node = make_widget(gui)
+    slicer.mrmlScene.Clear(0)  # StartClose / EndClose, as File > Close Scene
+    assert len(node.connections) == 1 and widget._parameterNode is node
+    widget.exit()
+    slicer.mrmlScene.Clear(0)
+    assert widget._parameterNode is None and not node.connections
+    widget.cleanup()
+
+
+# --------------------------------------------------------------------------- batch, out of process
+def batch_widget(gui):
+    widget, ui, node = make_widget(gui, units="ms", device="cpu")
+    widget.logic.ensureDependencies = lambda extras=False, askConfirmation=True: True
+    return widget, ui, node
+
+
+def test_the_widget_runs_a_batch_out_of_process_and_reports_it(gui, tmp_path):
+    widget, ui, _ = batch_widget(gui)
+    assert ui.batchPresetList.items == list(PRESETS)
+    assert not ui.batchRunButton.enabled and not ui.batchCancelButton.enabled  # nothing chosen yet
+    study, out = write_study(tmp_path / "study", subjects=2), tmp_path / "out"
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(study), str(out)
+    ui.batchInputPathLineEdit.emit("currentPathChanged(QString)", str(study))
+    assert not ui.batchRunButton.enabled  # no preset
+    ui.batchPresetList.selected = ["T1w", "DIR"]
+    ui.batchPresetList.emit("itemSelectionChanged()")
+    assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+    ui.batchRunButton.emit("clicked(bool)", True)
+    process = widget._batchJob.process
+    assert process.environment["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    assert not ui.batchRunButton.enabled and ui.batchCancelButton.enabled and not ui.batchPresetList.enabled
+    assert ui.batchProgressBar.maximum == 0  # busy until the child reports
+    widget.onBatchRun()  # a second click while running starts nothing
+    assert widget._batchJob.process is process
+    assert process.pump()
+    assert ui.batchStatusLabel.text == f"Done: written under {out}."
+    assert (ui.batchProgressBar.value, ui.batchProgressBar.maximum) == (2, 2)
+    assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled and ui.batchPresetList.enabled
+    assert sorted(p.name for p in out.rglob("*.nrrd")) == ["DIR.nrrd", "DIR.nrrd", "T1w.nrrd", "T1w.nrrd"]
+
+    widget.onBatchRun()  # again, without "Replace existing files": every subject is refused
+    widget._batchJob.process.pump()
+    status = ui.batchStatusLabel.text.splitlines()
+    assert status[0].startswith("Failed: syntheticmri: error: 2 subject(s) skipped: sub-00, sub-01")
+    assert status[1].startswith("sub-00: skipped:") and "already exists" in status[1]
+    ui.batchOverwriteCheckBox.checked = True
+    widget.onBatchRun()
+    widget._batchJob.process.pump()
+    assert ui.batchStatusLabel.text.startswith("Done")
+
+
+def test_cancel_stops_the_batch_and_the_buttons_follow(gui, big_study, tmp_path):
+    widget, ui, _ = batch_widget(gui)
+    timers = FakeTimer.singleShots
+    out = tmp_path / "out"
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(big_study), str(out)
+    ui.batchPresetList.selected = ["T2w"]
+    widget.onBatchRun()
+    process = widget._batchJob.process
+    assert not process.pump(until=lambda: ui.batchProgressBar.maximum > 0)
+    assert re.fullmatch(r"sub-(\d\d) \((\d+) of 40\)", ui.batchStatusLabel.text)  # "sub-00 (1 of 40)" unless slow
+    cancelled = time.monotonic()
+    ui.batchCancelButton.emit("clicked(bool)", True)
+    assert ui.batchStatusLabel.text == "Cancelling..." and [ms for ms, _ in timers] == [5000]
+    assert process.pump(timeout=5.0) and time.monotonic() - cancelled < 5.0  # stopped through its stdin, no kill
+    assert ui.batchStatusLabel.text == "Cancelled: the volumes written so far are complete."
+    assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert len(written) < 40 and set(written) <= {"T2w.nrrd"}  # no partial file
+
+
+def test_the_widget_reports_a_python_that_does_not_start(gui, monkeypatch, tmp_path):
+    from SyntheticMRILib import jobs
+
+    widget, ui, _ = batch_widget(gui)
+    monkeypatch.setattr(jobs, "slicer_python", lambda: str(tmp_path / "PythonSlicer"))
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(tmp_path), str(tmp_path / "o")
+    ui.batchPresetList.selected = ["T1w"]
+    widget.onBatchRun()
+    assert ui.batchStatusLabel.text == f"Failed: could not start {tmp_path / 'PythonSlicer'}"
+    assert widget._batchJob is None and ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
+
+
+# --------------------------------------------------------------------------- segmentation, out of process
+def maps_widget(gui):
+    widget, ui, node = batch_widget(gui)
+    nodes = widget.logic.loadSample()
+    node.t1Volume, node.t2Volume, node.pdVolume = nodes["t1"], nodes["t2"], nodes["pd"]
+    return widget, ui
+
+
+def test_the_widget_segments_and_synthesizes_the_learned_contrasts_out_of_process(gui, tmp_path):
+    import slicer
+
+    widget, ui = maps_widget(gui)
+    ui.segmentButton.emit("clicked(bool)", True)
+    assert not ui.segmentButton.enabled and ui.segmentationCancelButton.enabled
+    assert widget._mapsJob.process.pump(timeout=300)
+    assert re.fullmatch(r"14 structures, [\d.]+ ml in all\.", ui.segmentationStatusLabel.text), ui.segmentationStatusLabel.text
+    assert ui.segmentButton.enabled and not ui.segmentationCancelButton.enabled
+    segmentation = slicer.mrmlScene.GetFirstNodeByName("Subcortical segmentation").GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 14 and segmentation.GetSegment("Left-Thalamus") is not None
+    (table,) = ui.volumesTableView.tables
+    assert table.GetNumberOfRows() == 14 and table.GetCellText(0, 0) == "Left-Thalamus" and float(table.GetCellText(0, 2)) > 4
+    assert not any(tmp_path.iterdir())  # the job folder is gone
+
+    ui.learnedContrastButton.emit("clicked(bool)", True)
+    assert widget._mapsJob.process.pump(timeout=300)
+    lines = ui.segmentationStatusLabel.text.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("Learned contrast 1 (SE TR ")
+    node = slicer.mrmlScene.GetFirstNodeByName(lines[2].split(": ")[0])
+    assert node.GetAttribute("SyntheticMRI.Protocol").startswith("ir TR ")
+
+
+def test_the_widget_cancels_a_segmentation(gui, tmp_path):
+    import slicer
+
+    widget, ui = maps_widget(gui)
+    widget.onMapsJob("segment")
+    process = widget._mapsJob.process
+    ui.segmentationCancelButton.emit("clicked(bool)", True)
+    assert process.pump(timeout=30)
+    assert ui.segmentationStatusLabel.text == "Cancelled." and ui.segmentButton.enabled
+    assert slicer.mrmlScene.GetFirstNodeByName("Subcortical segmentation") is None and not any(tmp_path.iterdir())
