@@ -298,3 +298,17 @@ def test_the_widget_cancels_a_segmentation(gui, tmp_path):
     assert process.pump(timeout=30)
     assert ui.segmentationStatusLabel.text == "Cancelled." and ui.segmentButton.enabled
     assert slicer.mrmlScene.GetFirstNodeByName("Subcortical segmentation") is None and not any(tmp_path.iterdir())
+
+
+def test_every_input_of_the_ui_is_wired_bound_or_read(gui):
+    """A widget in the .ui that nothing listens to is a control that does nothing."""
+    widget, ui, node = make_widget(gui)
+    signals = {"QPushButton": {"clicked(bool)"}, "ctkPathLineEdit": {"currentPathChanged(QString)"},
+               "QListWidget": {"itemSelectionChanged()"}, "ctkSliderWidget": {"valueChanged(double)", "valueIsChanging(double)"}}
+    bound = set(gui.BINDINGS.values())
+    read_when_run = {"batchOverwriteCheckBox"}  # read when Run is pressed
+    for name, fake in vars(ui).items():
+        if fake.cls in signals:
+            assert signals[fake.cls] <= set(fake.slots), f"{name} is not connected to {signals[fake.cls] - set(fake.slots)}"
+        elif fake.cls in ("QComboBox", "qMRMLNodeComboBox", "QCheckBox"):
+            assert name in bound | read_when_run, f"{name} is neither bound to a parameter nor read"
