@@ -76,7 +76,8 @@ def write_job_maps(folder: PathLike, volumes: Sequence) -> None:
 
 
 def write_structure_volumes(path: PathLike, volumes_ml: Mapping[str, float], labels: Mapping[str, int]) -> None:
-    """``structure,label,volume_ml`` rows: what ``segment --volumes`` writes."""
+    """``structure,label,volume_ml`` rows: what ``segment --volumes`` writes (its folder made if missing)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("structure,label,volume_ml\n" + "".join(
         f"{name},{labels[name]},{ml:.3f}\n" for name, ml in volumes_ml.items()))
 
@@ -90,6 +91,7 @@ def read_structure_volumes(path: PathLike) -> Dict[str, float]:
 def write_learned_index(folder: PathLike, protocols: Sequence, files: Sequence[PathLike]) -> Path:
     """``learned.json``: each learned contrast's file name and protocol (ms, degrees)."""
     path = Path(folder) / LEARNED_INDEX
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
         [{"file": Path(file).name, "sequence": p.sequence, **p.values()} for p, file in zip(protocols, files)], indent=1))
     return path

@@ -31,7 +31,7 @@ def make_maps(shape=(9, 11, 13), seed=0) -> dict:
     """T1/T2 (ms) and PD (fraction) volumes of random brain-like tissue with a background border."""
     rng = np.random.default_rng(seed)
     t1 = rng.uniform(300, 4200, shape).astype(np.float32)
-    t2 = rng.uniform(30, 2000, shape).astype(np.float32)
+    t2 = np.minimum(rng.uniform(30, 2000, shape), 0.9 * t1).astype(np.float32)  # T2 <= T1 in any tissue
     pd = rng.uniform(0.5, 1.0, shape).astype(np.float32)
     for array in (t1, t2, pd):
         array[0] = 0  # one background slab

@@ -5,6 +5,7 @@ no output file, and untouched inputs.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 
 import numpy as np
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from SyntheticMRILib.apps.cli import main
+from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.physics.protocols import PRESETS
 from SyntheticMRILib.io.volumes import Volume, read_volume, write_volume
 
@@ -150,6 +152,27 @@ def _grid(**change):
     return _variant("t2", lambda v: Volume(v.array, **{**dict(spacing=v.spacing, origin=v.origin, direction=v.direction), **change}))
 
 
+def _seconds(args, volumes, tmp):
+    """T1 and T2 both in seconds (a unit --units s converts)."""
+    for name in ("t1", "t2"):
+        args[f"--{name}"] = _write(tmp, f"{name}_s.nrrd", volumes[name].with_array(volumes[name].array / 1000))
+
+
+def _swapped(args, volumes, tmp):
+    args["--t1"], args["--t2"] = args["--t2"], args["--t1"]
+
+
+def _weighted_as_t1(**flags):
+    """A T1-weighted image (0-1) given as the T1 map: once refused with "pass --units s", then accepted with it."""
+
+    def setup(args, volumes, tmp):
+        image = _closed_form("T1w", *(volumes[k].array.astype(np.float64) for k in ("t1", "t2", "pd")))
+        args["--t1"] = _write(tmp, "t1w.nrrd", volumes["t1"].with_array((image / image.max()).astype(np.float32)))
+        _set(**flags)(args, volumes, tmp)
+
+    return setup
+
+
 BAD_INPUTS = [
     ("missing-t1", _set(t1="nowhere/t1.nrrd"), "no such file"),
     ("missing-pd", _set(pd="nowhere/pd.nii.gz"), "no such file"),
@@ -164,7 +187,13 @@ BAD_INPUTS = [
     ("negative-t1", _values("t1", lambda a: a.__setitem__((4, 4, 4), -5)), "negative"),
     ("negative-t2", _values("t2", lambda a: a.__setitem__((4, 4, 4), -5)), "negative"),
     ("negative-pd", _values("pd", lambda a: a.__setitem__((4, 4, 4), -0.1)), "negative"),
-    ("t1-in-seconds", _values("t1", lambda a: a.__itruediv__(1000)), "--units s"),
+    ("t1-t2-in-seconds", _seconds, "looks like seconds; pass --units s"),
+    # T1 in s, T2 in ms: --units s would make T2 a thousand times too long, so it is not suggested
+    ("t1-only-in-seconds", _values("t1", lambda a: a.__itruediv__(1000)), "give both maps in one unit"),
+    ("weighted-as-t1", _weighted_as_t1(), "does not look like a T1 map in ms or s"),
+    ("weighted-as-t1-units-s", _weighted_as_t1(units="s"), "weighted image"),
+    ("t1-t2-swapped", _swapped, "look swapped"),
+    ("t2-above-t1", _values("t2", lambda a: a.__imul__(20)), "T2 exceeds T1"),
     ("units-s-on-ms-maps", _set(units="s"), "looks like ms already"),
     ("pd-arbitrary-units", _values("pd", lambda a: a.__imul__(4000)), "fraction of water"),
     ("empty-t1", _values("t1", lambda a: a.fill(0)), "zero everywhere"),
@@ -173,6 +202,11 @@ BAD_INPUTS = [
     ("ti-not-below-tr", _sequence(sequence="ir", tr="3000", te="10", ti="3500"), "TI must"),
     ("ti2-not-below-ti", _sequence(sequence="dir", tr="7500", te="20", ti="500", ti2="900"), "TI2 must"),
     ("flip-zero", _sequence(sequence="gre", tr="20", te="4", flip="0"), "flip angle"),
+    ("tr-te-in-seconds", _sequence(sequence="se", tr="0.5", te="0.01"), "if you meant seconds, that is --tr 500 --te 10"),
+    ("te-in-seconds", _sequence(sequence="se", tr="500", te="0.01"), "TE 0.01 ms is below"),
+    ("ti-in-seconds", _sequence(sequence="ir", tr="9000", te="90", ti="2.4"), "if you meant seconds, that is --ti 2400"),
+    ("flair-in-seconds", _sequence(sequence="flair", tr="9", te="0.09"), "if you meant seconds, that is --tr 9000 --te 90"),
+    ("gre-te-below-minimum", _sequence(sequence="gre", tr="20", te="0.5", flip="25"), "TE 0.5 ms is below"),
     ("flip-over-180", _sequence(sequence="gre", tr="20", te="4", flip="200"), "flip angle"),
     ("ir-without-ti", _sequence(sequence="psir", tr="3000", te="10"), "needs --ti"),
     ("se-with-flip", _sequence(sequence="se", tr="500", te="10", flip="30"), "takes no --flip"),
@@ -221,3 +255,74 @@ def test_bad_input(map_files, tmp_path, capsys, monkeypatch, case, setup, messag
 
 def test_bad_input_table_is_large_enough():
     assert len(BAD_INPUTS) >= 25
+
+
+def test_a_weighted_image_as_t1_is_refused_and_the_advice_never_leads_to_an_image(map_files, tmp_path, capsys):
+    """Defect: a weighted image as the T1 map was refused with "looks like seconds; pass --units s", and
+    following that advice wrote a meaningless image. Now both are refused, and no advice points to --units s."""
+    paths, volumes = map_files
+    image = _closed_form("T1w", *(volumes[k].array.astype(np.float64) for k in ("t1", "t2", "pd")))
+    weighted = _write(tmp_path, "t1w.nrrd", volumes["t1"].with_array((image / image.max()).astype(np.float32)))
+    argv = ["synth", "--t1", weighted, "--t2", str(paths["t2"]), "--pd", str(paths["pd"]), "--preset", "T1w",
+            "-o", str(tmp_path / "out.nrrd")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--units s" not in err and "does not look like a T1 map" in err and err.count("\n") == 1
+    assert main(argv + ["--units", "s"]) == 2
+    err = capsys.readouterr().err
+    assert "weighted image" in err and err.count("\n") == 1
+    assert not (tmp_path / "out.nrrd").exists()
+
+
+def test_swapped_maps_and_times_in_seconds_are_refused_with_what_was_meant(map_files, tmp_path, capsys):
+    paths, _ = map_files
+    out = tmp_path / "out.nrrd"
+    maps = ["--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"])]
+    assert main(["synth", "--t1", str(paths["t2"]), "--t2", str(paths["t1"]), "--pd", str(paths["pd"]),
+                 "--preset", "T1w", "-o", str(out)]) == 2
+    assert "look swapped" in capsys.readouterr().err
+    assert main(["synth", *maps, "--sequence", "se", "--tr", "0.5", "--te", "0.01", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "TR 0.5 ms and TE 0.01 ms are below" in err and "that is --tr 500 --te 10" in err
+    assert not out.exists()
+    assert main(["synth", *maps, "--sequence", "se", "--tr", "500", "--te", "10", "-o", str(out)]) == 0  # as meant
+
+
+# --------------------------------------------------------------------------- one CLI, one set of rules
+def test_sequence_names_take_any_case_as_preset_names_do(map_files, tmp_path):
+    paths, _ = map_files
+    args = ["--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"])]
+    assert main(["synth", *args, "--sequence", "IR", "--tr", "5000", "--te", "10", "--ti", "600", "-o", str(tmp_path / "a.nrrd")]) == 0
+    assert main(["synth", *args, "--sequence", "ir", "--tr", "5000", "--te", "10", "--ti", "600", "-o", str(tmp_path / "b.nrrd")]) == 0
+    assert main(["synth", *args, "--preset", "t2-flair", "--units", "MS", "-o", str(tmp_path / "c.nrrd")]) == 0
+    np.testing.assert_array_equal(read_volume(tmp_path / "a.nrrd").array, read_volume(tmp_path / "b.nrrd").array)
+
+
+@pytest.mark.parametrize("command", ["synth", "batch", "demo", "segment", "contrast", "phantom", "train-seg"])
+def test_every_option_has_help(command):
+    from SyntheticMRILib.apps.cli import _parser
+
+    parser = _parser()
+    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[command]
+    silent = [action.option_strings for action in sub._actions if action.option_strings and not action.help]
+    assert not silent, f"{command}: no help for {silent}"
+
+
+def test_an_error_ends_the_progress_bar_first(monkeypatch, capsys):
+    """A bar drawn with carriage returns is closed before the error, which then starts a line of its own."""
+    from tqdm import tqdm
+
+    from SyntheticMRILib.apps import cli
+
+    def failing(args):
+        bar = tqdm(total=3, desc="segment", leave=False)
+        bar.update(1)
+        raise InputError("out of memory on cuda; try --device cpu")
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", failing)
+    assert main(["presets"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("syntheticmri: error: out of memory on cuda; try --device cpu\n")
+    before = err[: -len("syntheticmri: error: out of memory on cuda; try --device cpu\n")]
+    assert before == "" or before.endswith(("\n", "\r")), repr(before[-40:])
+    assert not list(tqdm._instances)

@@ -113,6 +113,16 @@ def test_maps_that_are_not_a_brain_are_refused(sample, map_files):
         segment(prepare_maps(*water), load_model())
 
 
+def test_segment_checks_values_with_the_shared_rule_of_the_maps(sample):
+    """check_brain_maps adds only what is segment-specific (a brain's ranges, a whole-brain field of view) to the
+    one plausibility rule of io.maps, so maps that never went through prepare_maps meet the same rule."""
+    from SyntheticMRILib.io.maps import Maps
+
+    maps, _ = sample
+    with pytest.raises(InputError, match="T2 exceeds T1.*not those of brain tissue"):
+        segment(Maps(maps.t2, maps.t1, maps.pd, maps.grid), load_model())  # swapped
+
+
 def test_keep_largest_components_drops_strays():
     classes = np.zeros((10, 10, 10), np.uint8)
     classes[1:4, 1:4, 1:4] = 3
@@ -193,21 +203,29 @@ def test_cli_segment_and_learned_contrast(tmp_path, sample, capsys):
     assert "learned.json: already exists" in capsys.readouterr().err
 
 
-def test_cli_segment_refuses_a_side_file_in_a_missing_folder_before_any_work(tmp_path, capsys):
+def test_cli_segment_checks_every_output_first_and_creates_missing_folders(tmp_path, capsys):
+    """One rule for every command: an existing output is refused before any work, a missing folder is made."""
     paths = sample_paths()
-    out = tmp_path / "sub.T1seg.nii.gz"
+    out = tmp_path / "a" / "sub.T1seg.nii.gz"
+    sides = [tmp_path / "b" / "v.csv", tmp_path / "c" / "s.seg.nrrd"]
     args = ["segment", "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"]), "-o", str(out),
-            "--volumes", str(tmp_path / "missing" / "v.csv")]
-    assert cli.main(args) == 2
-    assert "missing: no such folder" in capsys.readouterr().err and not any(tmp_path.iterdir())
-    (tmp_path / "sub.T1seg.ctbl").write_text("")  # the color table is named after the whole stem
-    assert cli.main(args[:-2]) == 2 and "sub.T1seg.ctbl: already exists" in capsys.readouterr().err
+            "--volumes", str(sides[0]), "--seg-out", str(sides[1])]
+    out.parent.mkdir()
+    (out.parent / "sub.T1seg.ctbl").write_text("")  # the color table is named after the whole stem
+    assert cli.main(args) == 2 and "sub.T1seg.ctbl: already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "sub.T1seg.ctbl"]  # nothing else was written
+    (out.parent / "sub.T1seg.ctbl").unlink()
+    assert cli.main(args) == 0
+    assert all(path.is_file() for path in [out, out.parent / "sub.T1seg.ctbl", *sides])
 
 
-def test_cli_contrast_needs_the_learned_flag(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["contrast", "--t1", "a", "--t2", "b", "--pd", "c", "-o", "d"])
-    assert "--learned" in capsys.readouterr().err
+def test_cli_contrast_gives_the_learned_contrasts_without_asking_for_the_flag(tmp_path):
+    """The learned contrasts are contrast's only mode: --learned is accepted, not required."""
+    paths = sample_paths()
+    maps = ["--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--pd", str(paths["pd"])]
+    assert cli.main(["contrast", *maps, "-o", str(tmp_path / "plain")]) == 0
+    assert cli.main(["contrast", "--learned", *maps, "-o", str(tmp_path / "flag")]) == 0
+    assert (tmp_path / "plain" / "learned.json").read_text() == (tmp_path / "flag" / "learned.json").read_text()
 
 
 def test_written_label_map_round_trips(tmp_path, sample_segmentation):

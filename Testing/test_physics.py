@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -538,11 +540,22 @@ def test_cuda_matches_cpu(name):
 
 @pytest.fixture
 def fresh_fusion(monkeypatch):
-    """Empty compile cache and no recorded failure, before and after the test."""
+    """Empty in-process kernel caches and no recorded failure, before and after the test."""
     synthesis._fused_kernel.cache_clear()
+    synthesis._cpu_kernel.cache_clear()
     monkeypatch.setattr(synthesis, "_fusion_failed", False)
     yield monkeypatch
     synthesis._fused_kernel.cache_clear()
+    synthesis._cpu_kernel.cache_clear()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 1000 voxels after a first one of 300: a small volume then spans many chunks of two lengths
+    and ends in a partial one."""
+    monkeypatch.setattr(synthesis, "_CHUNK", 1000)
+    monkeypatch.setattr(synthesis, "_FIRST_CHUNK", 300)
+    return 1000
 
 
 def _assert_matches(out, ref, rtol=1e-5):
@@ -551,72 +564,369 @@ def _assert_matches(out, ref, rtol=1e-5):
     torch.testing.assert_close(out, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
 
 
+def _assert_background_zero(out, maps):
+    background = maps[0] == 0
+    assert background.any() and torch.equal(out[background], torch.zeros_like(out[background]))
+    assert not out.isnan().any()
+
+
 @pytest.fixture(scope="module")
 def volume():
-    # 41^3 = 68 921 voxels: more than one CPU chunk of synthesis._CHUNK, with a partial last chunk
-    return _random_maps((41, 41, 41), torch.float32, seed=3)
+    # 37 x 41 x 29 = 43 993 voxels: with small_chunks 44 chunks, the last one of 993
+    return _random_maps((37, 41, 29), torch.float32, seed=3)
+
+
+def _protocols(sequence):
+    """Two valid float protocols of ``sequence``: the two columns of SEQUENCE_PARAMS."""
+    params = SEQUENCE_PARAMS[sequence]
+    return [Protocol(sequence, **{n: float(v.detach().reshape(-1)[k]) for n, v in params.items()}).validate() for k in (0, 1)]
+
+
+def _assert_same(out, ref):
+    """The default path runs the torch operations of the differentiable one, with the same roundings, and
+    exp2 always through torch's vector kernel: the same numbers, to the last bit."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.equal(out, ref), f"{int((out != ref).sum())} voxels differ, by up to {float((out - ref).abs().max())}"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_synthesize_volume_eager_matches_synthesize(name, volume):
+def test_synthesize_volume_default_matches_synthesize(name, volume, small_chunks):
     protocol = PRESETS[name].protocol
-    ref = synthesis.synthesize(*volume, protocol)
-    _assert_matches(synthesis.synthesize_volume(*volume, protocol, fused=False), ref)
+    out = synthesis.synthesize_volume(*volume, protocol, fused=False)
+    _assert_same(out, synthesis.synthesize(*volume, protocol))
+    _assert_background_zero(out, volume)
     small = tuple(m[:5, :6, :7].double() for m in volume)
-    _assert_matches(synthesis.synthesize_volume(*small, protocol), synthesis.synthesize(*small, protocol), rtol=1e-12)
+    _assert_same(synthesis.synthesize_volume(*small, protocol), synthesis.synthesize(*small, protocol))
+
+
+@pytest.mark.filterwarnings("error:An output with one or more elements was resized")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("sequence", sorted(SEQUENCES))
+def test_default_path_every_sequence_odd_sizes_and_chunks(sequence, dtype, monkeypatch):
+    """Every sequence, two protocols each, volumes whose size is not a multiple of the chunk (a short first
+    chunk, then chunks sized to the cache, then a partial one; and volumes smaller than a chunk, one of a
+    single voxel), against the differentiable path; background exactly 0."""
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for chunk, shape in ((1000, (13, 17, 19)), (4096, (13, 17, 19)), (1 << 19, (7, 5, 3)), (1000, (1, 1, 1))):
+        monkeypatch.setattr(synthesis, "_CHUNK", chunk)
+        monkeypatch.setattr(synthesis, "_FIRST_CHUNK", chunk // 3)
+        maps = _random_maps(shape, dtype, seed=chunk)
+        if shape == (1, 1, 1):
+            maps = tuple(torch.zeros_like(m) for m in maps)  # a lone background voxel
+        for protocol in _protocols(sequence):
+            out = synthesis.synthesize_volume(*maps, protocol)
+            ref = synthesis.synthesize(*maps, protocol)
+            assert out.shape == ref.shape and out.dtype == dtype
+            if shape == (1, 1, 1):
+                assert torch.equal(out, torch.zeros_like(out))
+            else:
+                _assert_matches(out, ref, rtol=rtol)
+                _assert_same(out, ref)
+                _assert_background_zero(out, maps)
+
+
+@pytest.mark.parametrize("sequence", sorted(SEQUENCES))
+def test_default_path_non_contiguous_and_broadcast_maps(sequence, volume, small_chunks):
+    """Transposed and sliced maps (strided views) and a PD broadcast from fewer dimensions."""
+    protocol = _protocols(sequence)[1]
+    strided = tuple(m.permute(2, 0, 1)[:, ::2] for m in volume)
+    assert not strided[0].is_contiguous()
+    out = synthesis.synthesize_volume(*strided, protocol)
+    _assert_same(out, synthesis.synthesize(*strided, protocol))
+    _assert_background_zero(out, strided)
+    t1, t2 = volume[0][0], volume[1][0]
+    pd = torch.full((t1.shape[1],), 0.8)  # one value per column, broadcast over the rows
+    out = synthesis.synthesize_volume(t1, t2, pd, protocol)
+    _assert_same(out, synthesis.synthesize(t1, t2, pd, protocol))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_default_path_is_the_same_whatever_the_partition(threads, monkeypatch):
+    """A voxel gets the same value whether it is synthesized in the whole volume, in a gathered band of a
+    few voxels (the Slicer preview), in chunks of any size, or with any number of threads: torch.exp2's
+    scalar tail, which rounds differently, is never used (equations.vector_length)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        maps = _random_maps((29, 31, 37), torch.float32, seed=threads)
+        band = torch.arange(5, maps[0].numel(), 97)  # 343 voxels spread over the volume
+        for name in ("DIR", "T2-FLAIR", "dSIR", "T1w-GRE"):
+            protocol = PRESETS[name].protocol
+            whole = synthesis.synthesize_volume(*maps, protocol).reshape(-1)
+            gathered = synthesis.synthesize_volume(*(m.reshape(-1)[band] for m in maps), protocol)
+            assert torch.equal(gathered, whole[band]), name
+            for chunk, first in ((1000, 300), (4096, 4096), (1 << 19, 1 << 16)):
+                monkeypatch.setattr(synthesis, "_CHUNK", chunk)
+                monkeypatch.setattr(synthesis, "_FIRST_CHUNK", first)
+                assert torch.equal(synthesis.synthesize_volume(*maps, protocol).reshape(-1), whole), (name, chunk)
+            _assert_same(whole, synthesis.synthesize(*maps, protocol).reshape(-1))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_vector_length_gives_whole_vectors_to_every_thread():
+    for threads in (1, 2, 3, 4, 6, 16):
+        for n in (1, 63, 64, 65, 1000, 32767, 32768, 40000, 65537, 100000, 524288, 524289, 10 ** 7 + 1):
+            length = _vector_length_with(threads, n)
+            used = 1 if length < physics._GRAIN or threads == 1 else min(threads, -(-length // physics._GRAIN))
+            assert n <= length < n + physics._VECTOR * used and length % (physics._VECTOR * used) == 0, (threads, n)
+
+
+def _vector_length_with(threads, n):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return physics.vector_length(n)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_default_path_handles_degenerate_relaxation_times(small_chunks):
+    """No tissue written every way: 0, -0, negative, denormal and just-below-threshold times, and T = inf
+    (no relaxation at all), in T1 and in T2, as the differentiable path treats them."""
+    special = torch.tensor([0.0, -0.0, -5.0, 1e-40, 1e-30, 1e-6, 2e-6, float("inf"), 850.0, 4000.0])
+    t1, t2 = torch.meshgrid(special, special, indexing="ij")
+    pd = torch.full_like(t1, 0.7)
+    for sequence in sorted(SEQUENCES):
+        for protocol in _protocols(sequence):
+            out = synthesis.synthesize_volume(t1, t2, pd, protocol)
+            ref = synthesis.synthesize(t1, t2, pd, protocol)
+            assert not out.isnan().any()
+            assert torch.equal(out, ref), f"{sequence} {protocol}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_decay_clamped_is_decay(dtype):
+    """decay_clamped(t, T, T clamped) is decay(t, T) to the last bit: every time (0 and tiny ones use the
+    mask, longer ones underflow), float and tensor times, no tissue (0, -0, negative, denormal, at the
+    threshold) exactly 0, tissue through the same decay_factor."""
+    relaxation_times = torch.tensor([0.0, -0.0, -3.0, 1e-30, 1e-7, 1e-6, 1.1e-6, 1e-3, 0.5, 45.0, 850.0, 4500.0, float("inf")],
+                                    dtype=dtype)
+    clamped = relaxation_times.clamp(min=physics.NO_TISSUE_BELOW)
+    for t in (0.0, 1e-5, 1e-4, 1e-3, 0.0105, 2.0, 90.0, 9000.0, torch.tensor(0.0, dtype=dtype), torch.tensor(90.0, dtype=dtype)):
+        fast = physics.decay_clamped(t, relaxation_times, clamped)
+        assert torch.equal(fast, physics.decay(t, relaxation_times)), t
+        assert torch.equal(fast[:6], torch.zeros_like(fast[:6])), t
+        out = torch.empty(physics.vector_length(relaxation_times.numel()), dtype=dtype)  # with exp2's padding
+        into = physics.decay_clamped(t, relaxation_times, clamped, out=out)
+        assert into.data_ptr() == out.data_ptr() and torch.equal(into, fast)
+
+
+def test_decay_is_exp():
+    """The exp2 form is exp(-t/T) to float precision: its logarithm is -t/T within a few float32 (float64)
+    roundings of -t/T, as exp's own would be (the division rounds -t/T already)."""
+    t1 = torch.linspace(1.0, 5000.0, 10001, dtype=F64)
+    for t in (0.5, 10.0, 90.0, 2400.0, 9000.0):
+        x = -t / t1
+        for dtype, smallest, rounding in ((F64, 1e-300, 1e-15), (torch.float32, 1e-37, 3e-7)):
+            factor = physics.decay(t, t1.to(dtype)).double()
+            normal = factor > smallest  # denormals carry fewer digits
+            error = (factor[normal].log() - x[normal]).abs()
+            assert (error <= rounding * (1 + x[normal].abs())).all(), (dtype, float((error / (1 + x[normal].abs())).max()))
+
+
+def _expressions(chunks, plain):
+    """Pairs (chunk expression, the same on plain tensors) exercising every pending form of _Chunk."""
+    (a, b, c), (pa, pb, pc) = chunks, plain
+    alpha = torch.tensor(0.3, dtype=pa.dtype)
+    return [
+        (1 - 2 * a + b, 1 - 2 * pa + pb),
+        (c * (1 - 2 * a + 2 * b - a * b) * b, pc * (1 - 2 * pa + 2 * pb - pa * pb) * pb),
+        (abs(c * (0.5 - a)), (pc * (0.5 - pa)).abs()),
+        ((c * (1 - a) - 3).abs(), (pc * (1 - pa) - 3).abs()),
+        (-(a - b) / 4 + 1, -(pa - pb) / 4 + 1),
+        (c * torch.sin(alpha) * (1 - a) / (1 - torch.cos(alpha) * a) * b,
+         pc * torch.sin(alpha) * (1 - pa) / (1 - torch.cos(alpha) * pa) * pb),
+        ((a + 2) * (b - 1), (pa + 2) * (pb - 1)),
+        ((a - 0.5).abs() + (b - 0.5).abs() - (a - 0.5).abs(), (pa - 0.5).abs() + (pb - 0.5).abs() - (pa - 0.5).abs()),
+        ((a + 1) / (b + 2), (pa + 1) / (pb + 2)),
+        (2 / (a + 1), 2 / (pa + 1)),
+        (3 - a * 0 + b * 2 - 7 + a, 3 - pa * 0 + pb * 2 - 7 + pa),
+        (torch.where(a - b > 0, (a - b) / torch.where(a > b, a, torch.ones_like(a)), torch.zeros_like(a)),
+         torch.where(pa - pb > 0, (pa - pb) / torch.where(pa > pb, pa, torch.ones_like(pa)), torch.zeros_like(pa))),
+        (physics.decay(500.0, c * 1000) * physics.decay(2000.0, c * 1000) + physics.decay(500.0, c * 1000),
+         physics.decay(500.0, pc * 1000) * physics.decay(2000.0, pc * 1000) + physics.decay(500.0, pc * 1000)),
+        # a function the chunk has no special form for, on two pending operands
+        (torch.maximum(a * 2 + 1, b * 3 - 1), torch.maximum(pa * 2 + 1, pb * 3 - 1)),
+        # comparisons from either side, masks in arithmetic and in where
+        ((0.5 < a) * b + (torch.tensor(0.2, dtype=pa.dtype) > b) * 1.0, (0.5 < pa) * pb + (0.2 > pb) * 1.0),
+        (torch.where(a < b, a, b * 2 - 1), torch.where(pa < pb, pa, pb * 2 - 1)),
+        # where's other branch is inf (1/0) or nan (0/0) there: it must not leak into the result
+        (torch.where(a > 0, 1 / a, torch.zeros_like(a)), torch.where(pa > 0, 1 / pa, torch.zeros_like(pa))),
+        (torch.where(a * a > 0, (b - b) / a, 3.0), torch.where(pa * pa > 0, (pb - pb) / pa, 3.0)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_chunk_arithmetic_is_plain_torch_arithmetic(dtype):
+    """The pending arithmetic of the chunk evaluator (exact scalings, one offset, absolute values, the last
+    call written into the result, float masks) gives what plain torch gives to the last bit, for every form
+    it combines, and returns its buffers to the pool."""
+    gen = torch.Generator().manual_seed(11)
+    plain = tuple(torch.rand(257, generator=gen, dtype=dtype) - 0.25 for _ in range(3))
+    plain[0][:7] = 0.0  # exact zeros: 1/a is inf there
+    pool = synthesis._Pool(257, dtype)
+    chunks = tuple(synthesis._Chunk.of(p, pool) for p in plain)
+    for k, (chunk, expected) in enumerate(_expressions(chunks, plain)):
+        out = torch.empty(257, dtype=dtype)
+        chunk.store(out)
+        assert torch.equal(out, expected), f"expression {k}: {(out - expected).abs().max()}"
+        assert torch.equal(chunk.tensor(), expected), f"expression {k}"
+    del chunk, expected, chunks
+    assert pool.created > 0 and len(pool.free) + len(pool.free_masks) == pool.created  # every buffer back
+
+
+def test_chunks_are_sized_to_the_cache_after_the_first(small_chunks, monkeypatch):
+    """The first chunk shows how many buffers the equation holds; the next ones fill the cache budget (up to
+    _CHUNK), and the last takes what is left."""
+    lengths = []
+    original = synthesis.SIGNALS["dsir"]
+
+    def spy(maps, protocol):
+        lengths.append(maps[0].data.numel())
+        return original(maps, protocol)
+
+    monkeypatch.setitem(synthesis.SIGNALS, "dsir", spy)
+    maps = _random_maps((10, 11, 37), torch.float32)  # 4070 voxels
+    protocol = PRESETS["dSIR"].protocol
+    synthesis.synthesize_volume(*maps, protocol)
+    assert lengths == [300, 1000, 1000, 1000, 770]
+    lengths.clear()
+    peak = synthesis._pool(torch.float32).peak
+    monkeypatch.setattr(synthesis, "_CACHE_BUDGET", 4 * peak * 4096 * 2)  # room for 8192 voxels: 4096-aligned
+    monkeypatch.setattr(synthesis, "_CHUNK", 1 << 14)
+    monkeypatch.setattr(synthesis, "_FIRST_CHUNK", 1000)
+    out = synthesis.synthesize_volume(*_random_maps((25, 25, 25), torch.float32), protocol)  # 15625 voxels
+    assert lengths == [1000, 8192, 6433]
+    _assert_matches(out, synthesis.synthesize(*_random_maps((25, 25, 25), torch.float32), protocol))
+
+
+def test_pool_buffers_return_and_stay_few(small_chunks):
+    maps = _random_maps((23, 29, 31), torch.float32, seed=5)
+    for name in sorted(PRESETS):
+        synthesis.synthesize_volume(*maps, PRESETS[name].protocol)
+        pool = synthesis._pool(torch.float32)
+        assert pool.length == pool.capacity == small_chunks
+        assert len(pool.free) + len(pool.free_masks) == pool.created <= 16, name  # all back; dSIR needs most
+
+
+def test_default_path_from_several_threads(volume, small_chunks):
+    """Concurrent calls (the Slicer preview and a batch job, say) each use their own buffers."""
+    protocols = [PRESETS[n].protocol for n in ("T1w", "T2-FLAIR", "DIR", "dSIR", "T1w-GRE", "PSIR")]
+    expected = [synthesis.synthesize(*volume, p) for p in protocols]
+    results = [None] * len(protocols)
+
+    def run(k):
+        for _ in range(3):
+            results[k] = synthesis.synthesize_volume(*volume, protocols[k])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(protocols))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for out, ref in zip(results, expected):
+        _assert_matches(out, ref)
+
+
+def test_default_path_needs_no_compiler_or_sympy():
+    """No start-up cost: the default path imports neither torch's compiler stack nor sympy (which
+    torch.broadcast_shapes pulls in on its first call, ~0.5 s)."""
+    code = (
+        "import sys, torch\n"
+        "from SyntheticMRILib.physics.synthesis import synthesize_volume\n"
+        "from SyntheticMRILib.physics.protocols import PRESETS\n"
+        "m = [torch.rand(9, 8, 7) * 1000 for _ in range(3)]\n"
+        "for p in PRESETS.values(): synthesize_volume(*m, p.protocol)\n"
+        "print(sorted(k for k in ('sympy', 'torch._dynamo', 'torch._inductor') if k in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_synthesize_volume_fused_path_matches_synthesize(name, volume, fresh_fusion):
-    """The fused code path (tensor parameters through the kernel) for every preset, with the
-    compiler replaced by the identity so that no compilation is paid here (see the real-compile test)."""
-    fresh_fusion.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    """The fused code path (flat maps, tensor parameters, the exp2 form of the decays, the result written
+    into a given volume) for every preset, with the compiler replaced by running the kernel module as it is,
+    so that no compilation is paid here (see the real-compile test)."""
+    fresh_fusion.setattr(synthesis, "_compile_cpu", lambda kernel, dtype: kernel)
     protocol = PRESETS[name].protocol
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         out = synthesis.synthesize_volume(*volume, protocol, fused=True)
     _assert_matches(out, synthesis.synthesize(*volume, protocol))
+    _assert_background_zero(out, volume)
     assert synthesis._fusion_failed is False
+    strided = tuple(m.transpose(0, 2) for m in volume)
+    _assert_matches(synthesis.synthesize_volume(*strided, protocol, fused=True), synthesis.synthesize(*strided, protocol))
 
 
 def test_fused_falls_back_with_a_warning_when_compile_fails(volume, fresh_fusion):
-    def broken_compile(fn, **kwargs):
-        def compiled(*args, **kw):
-            raise RuntimeError("no compiler here")
+    def broken_compile(kernel, dtype):
+        raise RuntimeError("no compiler here")
 
-        return compiled
-
-    fresh_fusion.setattr(torch, "compile", broken_compile)
+    fresh_fusion.setattr(synthesis, "_compile_cpu", broken_compile)
     protocol = PRESETS["T2-FLAIR"].protocol
     with pytest.warns(RuntimeWarning, match="torch.compile"):
         out = synthesis.synthesize_volume(*volume, protocol, fused=True)
     _assert_matches(out, synthesis.synthesize(*volume, protocol))
     assert synthesis._fusion_failed is True
-    # later calls go straight to eager, silently, and are still right
+    # later calls go straight to the default path, silently, and are still right
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         out = synthesis.synthesize_volume(*volume, PRESETS["DIR"].protocol, fused=True)
     _assert_matches(out, synthesis.synthesize(*volume, PRESETS["DIR"].protocol))
 
 
+def test_kernel_cache_path_follows_inductor_and_the_physics(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    path = synthesis._kernel_path("ir", torch.float32)
+    assert path.startswith(str(tmp_path)) and path.endswith(".pt2")
+    others = {synthesis._kernel_path("se", torch.float32), synthesis._kernel_path("ir", F64)}
+    assert path not in others and len(others) == 2
+    monkeypatch.setattr(synthesis, "_KERNEL_FORMAT", synthesis._KERNEL_FORMAT + 1)  # as an edit of the equations would
+    assert synthesis._kernel_path("ir", torch.float32) != path
+
+
 @pytest.mark.skipif(os.environ.get("SYNTHETICMRI_SKIP_COMPILE") == "1", reason="SYNTHETICMRI_SKIP_COMPILE=1")
-def test_fused_with_real_torch_compile(fresh_fusion):
-    """Real torch.compile on a tiny volume, two sequences; skipped where compilation is unavailable."""
-    maps = _random_maps((4, 5, 6), torch.float32, seed=7)
-    for name in ("T1w", "T2-FLAIR"):  # "se" and "ir": two compilations
-        protocol = PRESETS[name].protocol
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                out = synthesis.synthesize_volume(*maps, protocol, fused=True)
-            except Exception as error:  # pragma: no cover - depends on the machine
-                pytest.skip(f"torch.compile unavailable: {type(error).__name__}: {error}")
-        if synthesis._fusion_failed or any("torch.compile unavailable" in str(w.message) for w in caught):
-            pytest.skip("torch.compile unavailable on this machine (the library fell back to eager)")
-        _assert_matches(out, synthesis.synthesize(*maps, protocol))
-        # new parameter values reuse the compiled kernel and are still right
-        other = dataclasses.replace(protocol, tr=protocol.tr * 1.25)
-        _assert_matches(synthesis.synthesize_volume(*maps, other, fused=True), synthesis.synthesize(*maps, other))
+def test_fused_with_real_compile_cold_then_warm(fresh_fusion, tmp_path):
+    """A real compile into an empty cache, new parameter values through the same kernel, and a fresh process
+    that finds the kernel in the cache: it loads it without importing the compiler, and gets the same volume.
+    Skipped where compilation is unavailable."""
+    fresh_fusion.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    maps = _random_maps((9, 10, 11), torch.float32, seed=7)
+    protocol = PRESETS["T2-FLAIR"].protocol
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = synthesis.synthesize_volume(*maps, protocol, fused=True)
+        except Exception as error:  # pragma: no cover - depends on the machine
+            pytest.skip(f"compilation unavailable: {type(error).__name__}: {error}")
+    if synthesis._fusion_failed or any("unavailable" in str(w.message) for w in caught):
+        pytest.skip("compilation unavailable on this machine (the library fell back to the default path)")
+    _assert_matches(out, synthesis.synthesize(*maps, protocol))
+    _assert_background_zero(out, maps)
+    other = dataclasses.replace(protocol, tr=protocol.tr * 1.25)
+    _assert_matches(synthesis.synthesize_volume(*maps, other, fused=True), synthesis.synthesize(*maps, other))
+    bigger = _random_maps((31, 37, 41), torch.float32, seed=8)  # any size: one kernel for every volume
+    _assert_matches(synthesis.synthesize_volume(*bigger, other, fused=True), synthesis.synthesize(*bigger, other))
+    assert len(list(tmp_path.rglob("*.pt2"))) == 1
+    torch.save(maps, tmp_path / "maps.pt")
+    torch.save(out, tmp_path / "expected.pt")
+    code = (
+        "import sys, torch\n"
+        "from SyntheticMRILib.physics import synthesis\n"
+        "from SyntheticMRILib.physics.protocols import PRESETS\n"
+        f"maps = torch.load({str(tmp_path / 'maps.pt')!r})\n"
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "out = synthesis.synthesize_volume(*maps, PRESETS['T2-FLAIR'].protocol, fused=True)\n"
+        "assert not synthesis._fusion_failed\n"
+        "assert torch.equal(out, expected)\n"
+        "print('torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False False"
 
 
 # ------------------------------------------------------------------ purity
@@ -624,6 +934,7 @@ def test_fused_with_real_torch_compile(fresh_fusion):
 
 def test_nothing_is_modified_in_place(fresh_fusion):
     fresh_fusion.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    fresh_fusion.setattr(synthesis, "_compile_cpu", lambda kernel, dtype: kernel)
     for name, (fn, kw) in FUNCTIONS.items():
         maps = _random_maps((2, 3, 4), F64)
         params = {k: torch.tensor([v, v * 0.9], dtype=F64).reshape(2, 1, 1, 1) for k, v in kw.items()}

@@ -5,6 +5,7 @@ The null points the presets use are checked against the signal equations in test
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -55,7 +56,9 @@ def test_bounds_keep_te_and_ti_below_tr_and_ti2_below_ti():
     assert values["te"] == values["ti"] == 300.0 - GAP_MS
     assert values["ti2"] == values["ti"] - GAP_MS
     assert values["flip"] == RANGES["flip"][1]
-    lowest = clamp_parameters({"tr": 0.0, "te": 0.0, "ti": 0.0, "ti2": 0.0, "flip": 0.0})  # the minima stay consistent
+    # the minima stay consistent (the double IR, which has every time, at its own minima: TI >= 10 ms is not
+    # reachable at the TR minimum of a gradient echo, so the sequence is named)
+    lowest = clamp_parameters({"tr": 0.0, "te": 0.0, "ti": 0.0, "ti2": 0.0, "flip": 0.0}, sequence="dir")
     assert lowest["te"] < lowest["tr"] and 0 < lowest["ti2"] < lowest["ti"] < lowest["tr"]
     Protocol("dir", lowest["tr"], lowest["te"], lowest["ti"], lowest["ti2"]).validate()
     bounds = parameter_bounds(9000.0, 2372.0)
@@ -69,11 +72,12 @@ def test_bounds_keep_te_and_ti_below_tr_and_ti2_below_ti():
     {"tr": 3.0, "te": 0.0, "ti": 2.0, "ti2": 1.0, "flip": 1.0},
 ])
 def test_what_the_sliders_allow_is_what_validate_accepts(values):
-    """One rule: any clamped set of values makes a valid protocol of every sequence, and nudging a parameter
-    past its bound is refused by validate."""
-    clamped = clamp_parameters(values)
+    """One rule: any set of values clamped for a sequence makes a valid protocol of that sequence, and nudging a
+    parameter past its bound is refused by validate. (The minima depend on the sequence: a spin echo needs a
+    longer TE than a gradient echo, an inversion a TI of at least 10 ms.)"""
     for sequence in SEQUENCES:
-        protocol_from_values(sequence, clamped)
+        protocol_from_values(sequence, clamp_parameters(values, sequence=sequence))
+    clamped = clamp_parameters(values, sequence="dir")
     for name, bound in ORDER.items():
         pushed = dict(clamped, **{name: clamped[bound]})
         with pytest.raises(InputError):
@@ -104,7 +108,9 @@ def test_learnable_ranges_lie_inside_the_physical_ranges(sequence):
 
 
 def test_validate_names_the_parameter_and_its_unit():
-    with pytest.raises(InputError, match=r"TR must be in \[3, 20000\] ms, got 0.5"):
+    with pytest.raises(InputError, match=r"TR must be in \[3, 20000\] ms, got -5"):
+        Protocol("se", -5.0, 10.0).validate()
+    with pytest.raises(InputError, match=r"TR 0.5 ms and TE 0.01 ms are below"):  # more below, with the ms meant
         Protocol("se", 0.5, 0.01).validate()
     with pytest.raises(InputError, match="flip angle must be in"):
         Protocol("gre", 20.0, 4.0, flip=0.0).validate()
@@ -149,3 +155,62 @@ def test_contrast_descriptions():
     assert contrast_description("gre").startswith("Spoiled gradient echo (T2 stands in for T2*)")
 
 
+# --------------------------------------------------------------------------- shortest times, and times in seconds
+@pytest.mark.parametrize("protocol, meant", [
+    (Protocol("se", 0.5, 0.01), "--tr 500 --te 10"),
+    (Protocol("se", 500, 0.01), "--te 10"),
+    (Protocol("se", 4.5, 0.1), "--tr 4500 --te 100"),  # TR looked possible, TE did not: both were seconds
+    (Protocol("gre", 0.02, 0.004, flip=25), "--tr 20 --te 4"),
+    (Protocol("ir", 9000, 90, 2.4), "--ti 2400"),
+    (Protocol("ir", 9, 0.09, 2.4), "--tr 9000 --te 90 --ti 2400"),
+    (Protocol("ir", 9, 90, 2400), "--tr 9000"),  # TE and TI above TR: TR was seconds
+    (Protocol("dir", 7.5, 0.025, 3.0, 0.55), "--tr 7500 --te 25 --ti 3000 --ti2 550"),
+])
+def test_times_typed_in_seconds_are_refused_with_the_values_meant(protocol, meant):
+    """Defect: --tr 0.5 --te 0.01 (seconds) was refused only for TR, and TE 0.01 ms passed: no sequence can
+    echo that early. The message gives the milliseconds meant, when they make a valid protocol."""
+    with pytest.raises(InputError) as error:
+        protocol.validate()
+    message = str(error.value)
+    assert message.endswith(f"if you meant seconds, that is {meant}"), message
+    ms = {name: value * 1000 if f"--{name} " in meant + " " else value for name, value in protocol.values().items()}
+    Protocol(protocol.sequence, **ms).validate()  # the advice leads to a valid protocol
+
+
+@pytest.mark.parametrize("protocol, below", [
+    (Protocol("se", 500, 2), "TE 2 ms is below what sequence 'se' can do (TE >= 3 ms)"),
+    (Protocol("gre", 20, 0.5, flip=25), "TE 0.5 ms is below what sequence 'gre' can do (TE >= 1 ms)"),
+    (Protocol("ir", 5000, 10, 5), "TI 5 ms is below"),
+    (Protocol("dir", 5000, 10, 500, 5), "TI2 5 ms is below"),
+])
+def test_times_below_what_the_sequence_can_do_are_refused_without_a_guess(protocol, below):
+    """When the milliseconds meant would not make a clinical protocol either, the message guesses nothing."""
+    with pytest.raises(InputError, match=re.escape(below)) as error:
+        protocol.validate()
+    assert "seconds" not in str(error.value)
+
+
+def test_the_minima_are_one_table_that_bounds_presets_sliders_and_learned_contrasts_respect():
+    from SyntheticMRILib.physics.protocols import MINIMA, minimum
+
+    assert set(MINIMA) == set(SEQUENCES)
+    for sequence, minima in MINIMA.items():
+        assert set(minima) <= {"tr", "te", *SEQUENCES[sequence].needs}, sequence
+        bounds = parameter_bounds(20000.0, 9000.0, sequence=sequence)
+        for name, value in minima.items():
+            assert minimum(name, sequence) == max(value, RANGES[name][0])
+            assert bounds[name][0] >= minimum(name, sequence), (sequence, name)  # the sliders never go below
+            if name in LEARNABLE_RANGES.get(sequence, {}):  # nor does a learned contrast
+                assert LEARNABLE_RANGES[sequence][name][0] >= minimum(name, sequence), (sequence, name)
+    for name, spec in PRESETS.items():
+        for key, value in spec.protocol.values().items():
+            assert value >= minimum(key, spec.protocol.sequence), (name, key)
+    assert minimum("te", "se") > minimum("te", "gre") >= 1.0  # a refocusing pulse takes time
+    assert minimum("te") == minimum("te", "gre")  # with no sequence: the most permissive one
+    for sequence in SEQUENCES:  # one step below the minimum is refused, the minimum itself is not
+        lowest = clamp_parameters({"tr": 0.0, "te": 0.0, "ti": 0.0, "ti2": 0.0, "flip": 0.0}, sequence=sequence)
+        protocol = protocol_from_values(sequence, lowest)
+        for name in ("te", "ti", "ti2"):
+            if getattr(protocol, name) is not None:
+                with pytest.raises(InputError, match="is below"):
+                    Protocol(**{**protocol.__dict__, name: minimum(name, sequence) - 0.5}).validate()

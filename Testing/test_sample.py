@@ -311,3 +311,20 @@ def test_smooth_random_field_is_seeded_smooth_and_crop_consistent():
 def test_unknown_label_is_refused():
     with pytest.raises(InputError, match="9999"):
         head.tissue_index(np.array([[[0, 2, 9999]]]))
+
+
+def test_the_readme_tells_the_sample_volumes_against_the_norms(sample):
+    """Resources/SampleData/README.md says which structures are outside the adult norms: its table is measured."""
+    import re
+
+    from SyntheticMRILib.phantoms.sources import NORMS_ML, structure_volumes
+
+    text = (SAMPLE / "README.md").read_text(encoding="utf-8")
+    rows = {m.group(1): (float(m.group(2)), m.group(3).strip()) for m in re.finditer(
+        r"^\| ([\w-]+) \| ([\d.]+) \| [\d.]+ ± [\d.]+ \| [\d.]+–[\d.]+ \| ([^|]*) \|$", text, re.M)}
+    labels = sample[0]["labels"]
+    measured = {k: v for k, v in structure_volumes(np.asarray(labels.array), labels.spacing).items() if k in NORMS_ML}
+    assert set(rows) == set(measured)
+    for name, ml in measured.items():
+        low, high = NORMS_ML[name][2:]
+        assert rows[name] == (round(ml, 2), "above the 99th" if ml > high else "below the 1st" if ml < low else ""), name

@@ -454,3 +454,22 @@ def test_load_sample(scene):
     labels = read_volume(paths[3])
     assert all(int(v) in table for v in np.unique(labels.array) if v)  # every sample label has terminology
     np.testing.assert_array_equal(bridge.labels_from_segmentation(nodes["segmentation"], nodes["t1"]).array, labels.array)
+
+
+def test_a_contrast_node_carries_the_provenance_of_a_file_header(scene):
+    """node_from_contrast sets one attribute per provenance key, named as the header fields of a file
+    (SyntheticMRI.Sequence, .TR_ms, ...); a new contrast in the same node replaces them all, stale ones included."""
+    from SyntheticMRILib.io.provenance import PARAMETER_KEYS, PROTOCOL_KEY, PROVENANCE_KEYS, SCALE_KEY, Provenance
+
+    assert bridge.PROTOCOL_ATTRIBUTE == PROTOCOL_KEY and bridge.SCALE_ATTRIBUTE == SCALE_KEY  # one naming scheme
+    volume = grid_volume("oblique", random_map(seed=8) / 4000)
+    flair = Provenance.of_preset(PRESETS["T2-FLAIR"])
+    node = bridge.node_from_contrast(volume, flair.protocol, scene=scene, provenance=flair)
+    attributes = {key: node.GetAttribute(key) for key in PROVENANCE_KEYS if node.GetAttribute(key) is not None}
+    assert attributes == flair.fields() and Provenance.from_fields(attributes) == flair
+    assert node.GetAttribute(bridge.PROTOCOL_ATTRIBUTE) == f"ir {PRESETS['T2-FLAIR'].protocol.caption()}"
+    spin_echo = PRESETS["T1w"].protocol
+    bridge.node_from_contrast(volume, spin_echo, node=node)  # no provenance given: the protocol's own
+    attributes = {key: node.GetAttribute(key) for key in PROVENANCE_KEYS if node.GetAttribute(key) is not None}
+    assert attributes == Provenance(spin_echo).fields()
+    assert node.GetAttribute(PARAMETER_KEYS["ti"]) is None and node.GetAttribute("SyntheticMRI.Preset") is None

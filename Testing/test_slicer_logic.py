@@ -34,6 +34,7 @@ def _map_nodes(direction):
     arrays = {
         "t1": rng.uniform(300, 4200, shape), "t2": rng.uniform(30, 2000, shape), "pd": rng.uniform(0.5, 1.0, shape)
     }
+    arrays["t2"] = np.minimum(arrays["t2"], 0.9 * arrays["t1"])  # T2 <= T1 in any tissue
     grid = dict(spacing=(0.9, 1.1, 2.5), origin=(12.5, -30.25, 7.0), direction=tuple(np.ravel(direction)))
     return {
         name: slicer_bridge.node_from_volume(Volume(a.astype(np.float32), **grid), name, scene=slicer.mrmlScene)

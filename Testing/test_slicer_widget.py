@@ -15,8 +15,8 @@ import pytest
 from slicer_fakes import ROOT, FakeParameterNode, FakeTimer, fake_ui, import_widget_module, install_gui_stubs
 from SyntheticMRILib.devices import DEVICES
 from SyntheticMRILib.io.maps import UNITS
-from SyntheticMRILib.physics.protocols import GAP_MS, PARAMETERS, PRESETS, RANGES, SEQUENCES
-from SyntheticMRILib.slicer.logic import CONTRASTS, SyntheticMRILogic
+from SyntheticMRILib.physics.protocols import GAP_MS, PARAMETERS, PRESETS, RANGES, SEQUENCES, parameter_bounds
+from SyntheticMRILib.slicer.logic import CONTRASTS, SyntheticMRILogic, sequence_of
 from conftest import write_study
 
 
@@ -130,7 +130,9 @@ def test_presets_apply_bounds_follow_and_an_edited_preset_turns_custom(gui):
     sliders = {name: getattr(ui, widget) for name, widget in gui.SLIDERS.items()}
 
     def bounds_hold():
-        return (sliders["te"].maximum == min(RANGES["te"][1], node.tr - GAP_MS)
+        lows = parameter_bounds(node.tr, node.ti, sequence_of(node.contrast))
+        return (all(sliders[name].minimum == lows[name][0] for name in PARAMETERS)
+                and sliders["te"].maximum == min(RANGES["te"][1], node.tr - GAP_MS)
                 and sliders["ti"].maximum == min(RANGES["ti"][1], node.tr - GAP_MS)
                 and sliders["ti2"].maximum == min(RANGES["ti2"][1], node.ti - GAP_MS)
                 and all(sliders[name].value == getattr(node, name) for name in PARAMETERS))

@@ -7,9 +7,11 @@ import types
 
 import numpy as np
 import pytest
+
 import torch
 
 from SyntheticMRILib.physics.protocols import LEARNABLE_RANGES as BOUNDS
+from SyntheticMRILib.training.config import SHIP_BAR, shipping_verdict
 from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.resources import sample_paths
 from SyntheticMRILib.training.segmenter import (VARIANTS, SliceBank, TrainConfig, ValidationSet, _scanner, build_variant,
@@ -90,6 +92,7 @@ def test_scanner_noise_is_absolute_so_a_darker_contrast_is_noisier():
     assert snr[0] > 8 * snr[1]
 
 
+@pytest.mark.slow
 def test_train_variant_checkpoints_selects_on_val_and_resumes(tmp_path, bank, sample_folder):
     validation = ValidationSet(sample_folder)
     config = TrainConfig(**TINY)
@@ -112,6 +115,7 @@ def test_train_command_refuses_a_data_folder_without_splits(tmp_path):
         train_command(tmp_path, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_train_command_writes_the_model_card_and_measures_each_model_once(tmp_path, monkeypatch):
     """Variants trained by separate runs (e.g. in parallel) meet in one report; test scores are not measured twice."""
     from SyntheticMRILib.training import segmenter as seg_training
@@ -128,9 +132,13 @@ def test_train_command_writes_the_model_card_and_measures_each_model_once(tmp_pa
     evaluate = seg_training.evaluate_folder
     monkeypatch.setattr(seg_training, "evaluate_folder", lambda model, folder, *a, **k: measured.append(model.config["variant"])
                         or evaluate(model, folder, *a, **k))
-    config, out = TrainConfig(**TINY), tmp_path / "out"
+    config, out, said = TrainConfig(**TINY), tmp_path / "out", []
     train_command(tmp_path / "data", out, ["maps"], config, log=lambda _: None)
-    results = train_command(tmp_path / "data", out, ["learned", "maps"], config, log=lambda _: None)
+    results = train_command(tmp_path / "data", out, ["learned", "maps"], config, log=said.append)
+    # a few steps segment nothing: the run must not recommend shipping it
+    assert results["learned"]["evaluation"]["test"]["mean_dice"] < SHIP_BAR["mean_dice"]
+    assert not any("model to ship" in line for line in said)
+    assert any(line.startswith("not for shipping: test mean dice") for line in said)
     assert measured == ["maps", "learned"]
     assert set(results) == {"learned", "maps"} and 0.0 <= results["maps"]["evaluation"]["test"]["mean_dice"] <= 1.0
     card = (out / "model" / "MODEL_CARD.md").read_text()
@@ -142,6 +150,7 @@ def test_train_command_writes_the_model_card_and_measures_each_model_once(tmp_pa
     assert "| structure | learned | maps |" in card  # one table, both models
 
 
+@pytest.mark.slow
 def test_a_run_cut_off_midway_resumes_to_the_same_model(tmp_path, bank, sample_folder):
     """Killed after its first checkpoint, a run resumed from it ends bit for bit where an uninterrupted run ends:
     weights, optimizer, schedule and both random streams are restored."""
@@ -170,3 +179,10 @@ def test_a_run_cut_off_midway_resumes_to_the_same_model(tmp_path, bank, sample_f
     assert whole.keys() == again.keys()
     for key in whole:
         torch.testing.assert_close(again[key], whole[key], rtol=0, atol=0, msg=key)
+
+
+def test_the_shipping_verdict_names_each_missed_bar():
+    assert shipping_verdict({"mean_dice": 0.887, "min_structure_dice": 0.764}) == []
+    assert shipping_verdict({"mean_dice": 0.0, "min_structure_dice": 0.0}) == [
+        "test mean dice 0.000 < 0.85", "test min structure dice 0.000 < 0.70"]
+    assert shipping_verdict({"mean_dice": 0.9, "min_structure_dice": float("nan")}) == ["test min structure dice nan < 0.70"]

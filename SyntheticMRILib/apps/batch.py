@@ -2,7 +2,8 @@
 
 A study folder holds one sub-folder per subject with its maps named ``t1``,
 ``t2`` and ``pd`` (any supported format, e.g. ``t1.nii.gz``). Every subject gets
-every requested contrast, written on its own grid under ``output/<subject>/``.
+every requested contrast, written on its own grid under ``output/<subject>/`` with its
+provenance in the header (:mod:`SyntheticMRILib.io.provenance`).
 A subject with bad input is reported and skipped; the others still run.
 Out of process (the Slicer module): :func:`SyntheticMRILib.jobs.batch_command`.
 """
@@ -15,7 +16,8 @@ import torch
 
 from ..errors import InputError
 from ..io.maps import MAP_NAMES, load_maps
-from ..io.volumes import EXTENSIONS, PathLike, check_output, write_volume
+from ..io.provenance import Provenance, write_contrast
+from ..io.volumes import EXTENSIONS, PathLike, check_output
 from ..physics.protocols import Preset
 from ..physics.synthesis import synthesize_volume
 
@@ -49,8 +51,10 @@ def synthesize_subjects(
     units: str = "ms",
     overwrite: bool = False,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    bits: Optional[int] = None,
 ) -> Dict[str, str]:
-    """Synthesize ``presets`` for every subject of ``study`` into ``output/<subject>/<preset>.nrrd``.
+    """Synthesize ``presets`` for every subject of ``study`` into ``output/<subject>/<preset>.nrrd``
+    (float32, or ``bits``-bit scaled integers: see :func:`~SyntheticMRILib.io.volumes.quantize`).
 
     Shows a progress bar (or calls ``progress(done, total, subject)``, e.g. to drive
     Slicer's progress dialog, and prints skipped subjects as plain lines: tqdm is then
@@ -76,7 +80,8 @@ def synthesize_subjects(
             t1, t2, pd = maps.tensors(device)
             for preset in presets:
                 image = synthesize_volume(t1, t2, pd, preset.protocol).cpu().numpy()
-                write_volume(maps.volume(image), targets[preset.name], overwrite=overwrite)
+                write_contrast(maps.volume(image), targets[preset.name], Provenance.of_preset(preset),
+                               overwrite=overwrite, bits=bits)
         except InputError as error:
             failures[folder.name] = str(error)
             report(f"{folder.name}: skipped: {error}")

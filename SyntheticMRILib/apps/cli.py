@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -36,34 +37,40 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--pd", required=True, type=Path, help="PD map (fraction of water; percent is detected)")
     contrast = synth.add_mutually_exclusive_group(required=True)
     contrast.add_argument("--preset", help=f"a named contrast: {', '.join(PRESETS)}")
-    contrast.add_argument("--sequence", choices=SEQUENCE_CHOICES, help="a sequence with explicit parameters")
+    contrast.add_argument("--sequence", type=str.lower, choices=SEQUENCE_CHOICES,
+                          help="a sequence with explicit parameters (any case)")
     synth.add_argument("--tr", type=float, help="repetition time, ms")
     synth.add_argument("--te", type=float, help="echo time, ms")
     synth.add_argument("--ti", type=float, help="inversion time, ms (flair/stir: default = CSF/fat null at this TR)")
     synth.add_argument("--ti2", type=float, help="second, shorter inversion time, ms (dir, dsir)")
     synth.add_argument("--flip", type=float, help="flip angle, degrees (gre)")
-    synth.add_argument("--units", choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+    _units_argument(synth)
     synth.add_argument("-o", "--output", required=True, type=Path, help=f"output volume ({', '.join(EXTENSIONS)})")
-    synth.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
-    synth.add_argument("--device", choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
+    _output_arguments(synth)
     synth.add_argument("--fused", action="store_true", help="compile a fused kernel (seconds once; pays off on large batches)")
+    synth.add_argument("--storage", choices=("float32", "int16"), default="float32",
+                       help="float32 (default): the exact values, read the same by every program; int16: 12-bit integers "
+                            "and a scale in the header, ~2.4x smaller (SyntheticMRI and NIfTI readers apply the scale)")
 
     commands.add_parser("presets", help="list the named clinical contrasts")
+
+    info = commands.add_parser("info", help="a volume file's grid and the protocol it was synthesized with")
+    info.add_argument("file", type=Path, help=f"a volume ({', '.join(EXTENSIONS)})")
 
     batch = commands.add_parser("batch", help="presets for every subject folder of a study (t1/t2/pd maps inside)")
     batch.add_argument("--input", required=True, type=Path, help="study folder: one sub-folder per subject")
     batch.add_argument("--preset", action="append", required=True, help="a preset name; repeat for several")
-    batch.add_argument("--units", choices=UNITS, default="ms")
+    _units_argument(batch)
     batch.add_argument("-o", "--output", required=True, type=Path, help="output folder: <subject>/<preset>.nrrd")
-    batch.add_argument("--overwrite", action="store_true")
-    batch.add_argument("--device", choices=DEVICES, default="auto")
-    batch.add_argument("--progress", choices=("bar", "lines"), default="bar",
-                       help="lines: one 'progress DONE/TOTAL SUBJECT' line per step, for a GUI reading stdout")
+    _output_arguments(batch, progress="SUBJECT")
 
     demo = commands.add_parser("demo", help="every preset on the bundled sample: volumes, a montage PNG, a Slicer scene")
     demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
-    demo.add_argument("--device", choices=DEVICES, default="auto")
+    _device_argument(demo)
+    demo.add_argument("--storage", choices=("float32", "int16"), default="int16",
+                      help="int16 (default): contrasts as 12-bit integers and a scale in the header, a third of the "
+                           "size; float32: the exact values")
 
     phantom = commands.add_parser("phantom", help="multi-subject brain phantoms (T1/T2/PD maps + labels) for training and testing")
     phantom.add_argument("--split", choices=("train", "val", "test", "external"), help="which split to generate")
@@ -88,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
     learned = commands.add_parser("contrast", help="the model's learned contrasts as volumes, with their TR/TE/TI")
     _map_arguments(learned)
-    learned.add_argument("--learned", action="store_true", required=True,
-                         help="synthesize the contrasts the segmentation model learned (required: the only source for now)")
+    learned.add_argument("--learned", action="store_true",
+                         help="the contrasts the segmentation model learned (the default, and for now the only source)")
     learned.add_argument("-o", "--output", required=True, type=Path, help="output folder: learned_<k>_<sequence>.nrrd")
     _model_arguments(learned)
 
@@ -100,9 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimizer steps per variant")
     train.add_argument("--batch", type=int, default=TrainConfig.batch, help="2-D crops per step")
     train.add_argument("--crop", type=int, default=TrainConfig.crop, help="crop size, pixels (1 mm)")
-    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the crops, noise and initial weights")
     train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
-    train.add_argument("--device", choices=DEVICES, default="auto")
+    _device_argument(train)
     return parser
 
 
@@ -110,24 +117,38 @@ def _map_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t1", required=True, type=Path, help="T1 map (ms, or s with --units s)")
     parser.add_argument("--t2", required=True, type=Path, help="T2 map (ms, or s with --units s)")
     parser.add_argument("--pd", required=True, type=Path, help="PD map (fraction of water; percent is detected)")
-    parser.add_argument("--units", choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+    _units_argument(parser)
+
+
+def _units_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--units", type=str.lower, choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=str.lower, choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
+
+
+def _output_arguments(parser: argparse.ArgumentParser, progress: Optional[str] = None) -> None:
+    """--overwrite, --device and (for a GUI that runs the command) --progress."""
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    _device_argument(parser)
+    if progress:
+        parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
+                            help=f"lines: one 'progress DONE/TOTAL {progress}' line per step, for a GUI reading stdout")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="a model file from train-seg (default: the shipped one)")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto takes the GPU when there is one")
-    parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
-                        help="lines: one 'progress DONE/TOTAL STEP' line per step, for a GUI reading stdout")
+    _output_arguments(parser, progress="STEP")
 
 
-def _progress(args: argparse.Namespace, what: str) -> Callable[[int, int], None]:
-    """A progress callback: a tqdm bar, or machine-readable lines for the Slicer module."""
+def _progress(args: argparse.Namespace, what: str, unit: str) -> Callable[[int, int], None]:
+    """A progress callback counting ``unit``s: a tqdm bar, or machine-readable lines for the Slicer module."""
     if args.progress == "lines":
         return lambda done, total: print(progress_line(done, total, what), flush=True)
     from tqdm import tqdm
 
-    bar = tqdm(desc=what, unit="slice", leave=False)
+    bar = tqdm(desc=what, unit=unit, leave=False)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -167,7 +188,8 @@ def _synthesize(maps: Maps, protocol: Protocol, device, fused: bool = False):
     try:
         return synthesize_volume(t1, t2, pd, protocol, fused=fused).cpu().numpy()
     except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError is torch >= 2.5 only
-        raise InputError(f"out of memory on {device} for a {maps.t1.shape} volume; try --device cpu") from None
+        raise InputError(f"out of memory on {device} for a {' x '.join(map(str, maps.grid.size))} volume; "
+                         "try --device cpu") from None
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -178,7 +200,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     image = _synthesize(maps, protocol, device, args.fused)
     seconds = time.perf_counter() - start
-    write_volume(maps.volume(image), args.output, overwrite=args.overwrite)
+    from ..io.provenance import Provenance, write_contrast
+    from ..io.volumes import COMPACT_BITS
+
+    provenance = (Provenance.of_preset(preset(args.preset)) if args.preset
+                  else Provenance.of_arguments(protocol, args.sequence, args.ti))
+    write_contrast(maps.volume(image), args.output, provenance, overwrite=args.overwrite,
+                   bits=COMPACT_BITS if args.storage == "int16" else None)
     print(f"{protocol.sequence} {protocol.caption()} -> {args.output} ({seconds * 1000:.0f} ms on {device})")
 
 
@@ -188,6 +216,12 @@ def cmd_presets(args: argparse.Namespace) -> None:
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from ..io.provenance import describe
+
+    print(describe(args.file))
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
@@ -210,8 +244,10 @@ def cmd_batch(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    from ..io.volumes import COMPACT_BITS
+
     out: Path = check_output_folder(args.output, args.overwrite)
-    run_demo(out, pick_device(args.device))
+    run_demo(out, pick_device(args.device), bits=COMPACT_BITS if args.storage == "int16" else None)
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
@@ -239,11 +275,12 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"{args.count} {args.split} subject(s) in {seconds:.1f} s -> {args.output} ({manifest.name})")
 
 
-def _check_free(paths: Sequence[Optional[Path]], overwrite: bool, need_folder: bool = True) -> None:
-    """Side files (not volumes), ``None`` skipped: :func:`check_output_file` for each."""
+def _check_free(paths: Sequence[Optional[Path]], overwrite: bool) -> None:
+    """Side files (not volumes), ``None`` skipped: :func:`check_output_file` for each. Like every output of every
+    command, a missing folder is created when the file is written."""
     for path in paths:
         if path is not None:
-            check_output_file(path, overwrite, need_folder)
+            check_output_file(path, overwrite)
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -260,7 +297,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     maps = _load_maps(args)
     model = load_model(args.model, device)
     start = time.perf_counter()
-    labels = segment(maps, model, device, progress=_progress(args, "segment"), log=lambda line: print(f"note: {line}"))
+    labels = segment(maps, model, device, progress=_progress(args, "segment", "slice"), log=lambda line: print(f"note: {line}"))
     seconds = time.perf_counter() - start
     write_volume(labels, args.output, overwrite=args.overwrite)
     write_color_table(table, list(LABELS), overwrite=args.overwrite)
@@ -276,6 +313,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_contrast(args: argparse.Namespace) -> None:
+    from ..io.provenance import Provenance, write_contrast
     from ..models.segmenter import load_model
 
     model = load_model(args.model, pick_device("cpu"))
@@ -285,13 +323,13 @@ def cmd_contrast(args: argparse.Namespace) -> None:
     paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
     for path in paths:
         check_output(path, args.overwrite)
-    _check_free([args.output / LEARNED_INDEX], args.overwrite, need_folder=False)  # the volumes create the folder
+    _check_free([args.output / LEARNED_INDEX], args.overwrite)
     device = pick_device(args.device)
     maps = _load_maps(args)
-    report = _progress(args, "contrast")
+    report = _progress(args, "contrast", "contrast")
     for k, (protocol, path) in enumerate(zip(protocols, paths)):
         image = _synthesize(maps, protocol, device)
-        write_volume(maps.volume(image), path, overwrite=args.overwrite)
+        write_contrast(maps.volume(image), path, Provenance(protocol), overwrite=args.overwrite)
         report(k + 1, len(protocols))
         print(f"learned {k + 1}: {protocol.sequence} {protocol.caption()} -> {path}")
     write_learned_index(args.output, protocols, paths)
@@ -305,19 +343,32 @@ def cmd_train_seg(args: argparse.Namespace) -> None:
     train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,
             "segment": cmd_segment, "contrast": cmd_contrast}
+
+
+def _close_progress_bars() -> None:
+    """End any open progress bar, so that an error starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        COMMANDS[args.command](args)
-    except InputError as error:
-        if args.debug:
-            raise
-        print(f"syntheticmri: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        # Deprecation notices of third-party packages are for their users, the developers, not ours (MONAI's
+        # HD95 argument, for one); the tests see them.
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(monai|torch|SimpleITK)(\.|$)")
+        try:
+            COMMANDS[args.command](args)
+        except InputError as error:
+            _close_progress_bars()
+            if args.debug:
+                raise
+            print(f"syntheticmri: error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -100,6 +100,7 @@ def write_color_table(path: PathLike, values: List[int], overwrite: bool = False
     for value in sorted(set(values) - {0}):
         entry = label_entry(value)
         lines.append(f"{value} {entry.name} {entry.color[0]} {entry.color[1]} {entry.color[2]} 255")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 

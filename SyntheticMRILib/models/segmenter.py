@@ -20,7 +20,7 @@ from torch import nn
 
 from .contrast import LearnableContrast, normalize_contrasts
 from ..errors import InputError
-from ..io.maps import Maps
+from ..io.maps import TISSUE_PD, Maps, relaxation_problem, tissue_mask
 from ..io.labels import STRUCTURES
 from ..resources import resource_path
 from ..io.volumes import PathLike, Volume
@@ -119,18 +119,22 @@ def load_model(path: Optional[PathLike] = None, device: torch.device = torch.dev
 # --------------------------------------------------------------------------- input checks and the model grid
 
 _MIN_EXTENT_MM = (110.0, 130.0, 90.0)  # L-R, A-P, S-I extent of a whole adult brain is ~140, 170, 120 mm
+# Median T1 and T2 (ms) over the tissue of a whole head with its brain, at the fields the model knows: narrower
+# than any tissue's (io.maps), so that, say, a head full of fluid (T2 ~2 s) is not taken for a brain.
+_BRAIN_T1_MEDIAN_MS = (300.0, 4000.0)
+_BRAIN_T2_MEDIAN_MS = (20.0, 1000.0)
 
 
 def check_brain_maps(maps: Maps) -> None:
-    """Refuse maps that cannot be a whole brain: relaxation values far from tissue, or a field of view too small."""
-    foreground = maps.pd > 0.05
+    """Refuse maps that cannot be a whole brain: values not those of brain tissue (the plausibility rule of
+    :func:`~SyntheticMRILib.io.maps.relaxation_problem`, with a brain's medians), or a field of view too small."""
+    foreground = tissue_mask(maps.t1, maps.pd)
     if foreground.sum() < 1000:
-        raise InputError("PD map has almost no tissue (fewer than 1000 voxels above 0.05)")
-    t1 = float(np.median(maps.t1[foreground]))
-    t2 = float(np.median(maps.t2[foreground]))
-    if not (300.0 <= t1 <= 4000.0 and 20.0 <= t2 <= 1000.0):
-        raise InputError(f"median T1 {t1:.0f} ms and T2 {t2:.0f} ms are not those of brain tissue "
-                         "(expected T1 300-4000 ms, T2 20-1000 ms); are these T1/T2/PD maps in ms?")
+        raise InputError(f"PD map has almost no tissue (fewer than 1000 voxels above {TISSUE_PD:g})")
+    problem = relaxation_problem(maps.t1, maps.t2, maps.pd, _BRAIN_T1_MEDIAN_MS, _BRAIN_T2_MEDIAN_MS)
+    if problem is not None:
+        raise InputError(f"{problem}: not those of brain tissue; segment needs whole-brain T1/T2/PD maps "
+                         "(T1 and T2 in ms)")
     ijk = np.argwhere(foreground)[:, ::-1]  # (i, j, k)
     corners = np.stack([ijk.min(0), ijk.max(0)]).astype(float)
     matrix = np.asarray(maps.grid.direction).reshape(3, 3) * np.asarray(maps.grid.spacing)

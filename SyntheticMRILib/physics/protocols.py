@@ -1,11 +1,13 @@
 """Sequences, protocols, their physical bounds and the named clinical presets: the catalogue.
 
 A :class:`Protocol` is a sequence name plus its TR/TE/TI/flip. This module is
-the one place for what a sequence takes, the range of every parameter, and the
-rule TE < TR, TI < TR, TI2 < TI: :meth:`Protocol.validate` (every command),
+the one place for what a sequence takes, the range of every parameter, the
+shortest times each sequence can run (:data:`MINIMA`) and the rule TE < TR,
+TI < TR, TI2 < TI: :meth:`Protocol.validate` (every command),
 :func:`parameter_bounds` (the GUI sliders) and the learned contrasts
-(:data:`LEARNABLE_RANGES`) all read it. It imports no torch, so the Slicer GUI
-can draw presets and sliders before PyTorch is installed; the signal equation of
+(:data:`LEARNABLE_RANGES`) all read it. Times typed in seconds fall below the
+minima; the refusal then gives the milliseconds meant. It imports no torch, so
+the Slicer GUI can draw presets and sliders before PyTorch is installed; the signal equation of
 each sequence is in :mod:`SyntheticMRILib.physics.synthesis`. Presets are the
 contrasts a radiologist expects from synthetic-MRI products (SyMRI, MAGiC);
 their inversion times are computed as null points of the 3 T tissue table, not
@@ -13,15 +15,18 @@ typed in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+import numbers
+from dataclasses import dataclass, replace
+from itertools import combinations
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import InputError
 from .nulls import double_ir_null_tis, null_ti
-from .tissues import relaxation
+from .tissues import DEFAULT_FIELD_T, relaxation
 
 __all__ = [
-    "Protocol", "SEQUENCES", "PARAMETERS", "RANGES", "ORDER", "GAP_MS", "LEARNABLE_RANGES", "NULLED_IR", "Preset",
+    "Protocol", "SEQUENCES", "PARAMETERS", "RANGES", "MINIMA", "minimum", "ORDER", "GAP_MS", "LEARNABLE_RANGES",
+    "NULLED_IR", "Preset",
     "PRESETS", "preset", "protocol_from_args", "parameter_bounds", "clamp_parameters", "protocol_from_values",
     "preset_values", "contrast_description",
 ]
@@ -47,13 +52,33 @@ SEQUENCES: Dict[str, Sequence] = {
 PARAMETERS = ("tr", "te", "ti", "ti2", "flip")  # times in ms, flip in degrees
 
 # What a protocol may hold (ms, degrees), and the span of the GUI sliders. TR from 3 ms (fast gradient echo)
-# to 20 s; TE from 0 (the ideal FID); inversion times up to where a learned contrast may take them.
+# to 20 s; inversion times up to where a learned contrast may take them. The lower ends are those of any
+# sequence; each sequence raises them in MINIMA.
 RANGES: Dict[str, Tuple[float, float]] = {
     "tr": (3.0, 20000.0),
     "te": (0.0, 1000.0),
     "ti": (2.0, 15000.0),
     "ti2": (1.0, 15000.0),
     "flip": (1.0, 180.0),
+}
+# The shortest times (ms) each sequence can run, above RANGES: below them no scanner plays the sequence, and a
+# time typed in seconds (TE 0.01 for 10 ms, TI 2.4 for 2400 ms) lands there. TE: a spin-echo readout (SE, and
+# the IR family, whose readout is a spin echo) needs an excitation and a refocusing pulse, each ~1-3 ms
+# slice-selective on a whole-body scanner, with crusher gradients around the refocusing pulse: clinical minima
+# are 5-10 ms, 3 ms is below any. A spoiled gradient echo needs only the excitation and a (fractional) echo:
+# ~1 ms at best (ultrashort-TE sequences are not this equation). TI, from the centre of the inversion pulse
+# (2-12 ms, adiabatic ones the longest) to the centre of the excitation, includes half of it and a spoiler:
+# no inversion-recovery protocol uses less than 10 ms (STIR at low field, the shortest clinical TI, is ~100 ms);
+# the same for TI2, the second inversion to the readout. TR stays at RANGES' 3 ms: a spin echo's TR is bounded
+# by TE < TR. LEARNABLE_RANGES and the presets lie above these (tested).
+_SPIN_ECHO_TE_MS = 3.0
+MINIMA: Dict[str, Dict[str, float]] = {
+    "se": {"te": _SPIN_ECHO_TE_MS},
+    "ir": {"te": _SPIN_ECHO_TE_MS, "ti": 10.0},
+    "psir": {"te": _SPIN_ECHO_TE_MS, "ti": 10.0},
+    "dir": {"te": _SPIN_ECHO_TE_MS, "ti": 10.0, "ti2": 10.0},
+    "dsir": {"te": _SPIN_ECHO_TE_MS, "ti": 10.0, "ti2": 10.0},
+    "gre": {"te": 1.0},
 }
 # Each of these parameters stays below the one named: TE < TR, TI < TR, TI2 < TI.
 ORDER: Dict[str, str] = {"te": "tr", "ti": "tr", "ti2": "ti"}
@@ -76,6 +101,27 @@ NULLED_IR = {"flair": "csf", "stir": "fat"}
 
 _NAMES = {"tr": "TR", "te": "TE", "ti": "TI", "ti2": "TI2", "flip": "flip angle"}
 _UNITS = {"tr": "ms", "te": "ms", "ti": "ms", "ti2": "ms", "flip": "degrees"}
+_TIMES = ("tr", "te", "ti", "ti2")
+
+
+def _takes(sequence: str, name: str) -> bool:
+    return name in ("tr", "te") or name in SEQUENCES[sequence].needs
+
+
+def minimum(name: str, sequence: Optional[str] = None) -> float:
+    """The smallest value of parameter ``name`` that :meth:`Protocol.validate` accepts for ``sequence``
+    (:data:`RANGES` raised by :data:`MINIMA`); with no sequence, the smallest over the sequences that take it."""
+    low = RANGES[name][0]
+    if sequence is None:
+        return min(minimum(name, s) for s in SEQUENCES if _takes(s, name))
+    return max(low, MINIMA.get(sequence, {}).get(name, low))
+
+
+def _clinical(sequence: str) -> Dict[str, Tuple[float, float]]:
+    """Clinical ranges of ``sequence`` (:data:`LEARNABLE_RANGES`; dSIR's inversions are like double IR's)."""
+    if sequence in LEARNABLE_RANGES:
+        return LEARNABLE_RANGES[sequence]
+    return {**LEARNABLE_RANGES["dir"], **{k: LEARNABLE_RANGES["ir"][k] for k in ("tr", "te")}}
 
 
 @dataclass(frozen=True)
@@ -95,28 +141,94 @@ class Protocol:
     flip: Any = None
 
     def validate(self) -> "Protocol":
-        """Raise :class:`InputError` unless the parameters are physically possible (:data:`RANGES`, :data:`ORDER`)."""
+        """Raise :class:`InputError` unless the parameters are physically possible (:data:`RANGES`,
+        :data:`MINIMA`, :data:`ORDER`); times that look typed in seconds are refused with the ms meant."""
+        return self._validate()
+
+    def _validate(self, derive: Optional[Callable[["Protocol"], "Protocol"]] = None,
+                  derived: Tuple[str, ...] = ()) -> "Protocol":
+        """:meth:`validate`, for a protocol some of whose times (``derived``) follow from the others through
+        ``derive`` (the default TI of FLAIR and STIR follows TR): those are recomputed, not rescaled, in the advice."""
+        problem, short = self._problem(derived)
+        if problem is None:
+            return self
+        meant = self._meant_in_ms(short, derive, derived)
+        if meant:
+            problem += "; if you meant seconds, that is " + " ".join(f"--{n} {v:g}" for n, v in meant.items())
+        raise InputError(problem)
+
+    def _problem(self, derived: Tuple[str, ...] = ()) -> Tuple[Optional[str], List[str]]:
+        """The first reason the protocol is not possible (``None`` if it is), and the times below their minima
+        (``derived`` ones are said to be defaults)."""
         if self.sequence not in SEQUENCES:
-            raise InputError(f"unknown sequence {self.sequence!r}; choose one of: {', '.join(SEQUENCES)}")
+            return f"unknown sequence {self.sequence!r}; choose one of: {', '.join(SEQUENCES)}", []
         spec = SEQUENCES[self.sequence]
         for name in ("ti", "ti2", "flip"):
             given = getattr(self, name) is not None
             if name in spec.needs and not given:
-                raise InputError(f"sequence {self.sequence!r} needs --{name}")
+                return f"sequence {self.sequence!r} needs --{name}", []
             if given and name not in spec.needs:
-                raise InputError(f"sequence {self.sequence!r} takes no --{name}")
+                return f"sequence {self.sequence!r} takes no --{name}", []
+        short = []
         for name in PARAMETERS:
             value = getattr(self, name)
             if value is None:
                 continue
-            low, high = RANGES[name]
+            low, high = minimum(name, self.sequence), RANGES[name][1]
+            if name in _TIMES and 0 < value < low:
+                short.append(name)  # typed in seconds, most likely
+            elif not low <= value <= high:  # NaN too
+                return f"{_NAMES[name]} must be in [{low:g}, {high:g}] {_UNITS[name]}, got {value:g}", []
+        if short:
+            values = " and ".join(f"{_NAMES[n]} {getattr(self, n):.4g} ms" + (" (its default at this TR)" * (n in derived))
+                                  for n in short)
+            lows = ", ".join(f"{_NAMES[n]} >= {minimum(n, self.sequence):g} ms" for n in short)
+            verb = "is" if len(short) == 1 else "are"
+            return f"{values} {verb} below what sequence {self.sequence!r} can do ({lows})", short
+        for name, bound in ORDER.items():
+            value = getattr(self, name)
+            if value is not None and not value < getattr(self, bound):
+                return (f"{_NAMES[name]} must be below {_NAMES[bound]}, got {_NAMES[name]} {value:g} ms, "
+                        f"{_NAMES[bound]} {getattr(self, bound):g} ms"), []
+        return None, []
+
+    def _meant_in_ms(self, short: List[str], derive, derived: Tuple[str, ...]) -> Dict[str, float]:
+        """The times meant if some were typed in seconds: the fewest given times (all of those below their
+        minima among them) that, multiplied by 1000, make a valid and clinical protocol (:data:`LEARNABLE_RANGES`),
+        by name; empty unless exactly one such choice exists."""
+        if self.sequence not in SEQUENCES:
+            return {}
+        given = [n for n in _TIMES if getattr(self, n) is not None and n not in derived]
+        if not all(isinstance(getattr(self, n), numbers.Real) for n in given):
+            return {}
+        must = set(short) - set(derived)
+        for size in range(max(1, len(must)), len(given) + 1):
+            found = []
+            for names in combinations(given, size):
+                if not must <= set(names):
+                    continue
+                meant = {n: float(getattr(self, n)) * 1000.0 for n in names}
+                candidate = replace(self, **meant)
+                if derive is not None:
+                    candidate = derive(candidate)
+                if candidate._problem()[0] is None and candidate._is_clinical():
+                    found.append(meant)
+            if found:
+                return found[0] if len(found) == 1 else {}
+        return {}
+
+    def _is_clinical(self) -> bool:
+        ranges = _clinical(self.sequence)
+        for name in _TIMES:
+            value = getattr(self, name)
+            if value is None or name not in ranges:
+                continue
+            low, high = ranges[name]
+            if name in ORDER and name != "te":  # TI and TI2: the upper value is a fraction of TR and TI
+                high *= getattr(self, ORDER[name])
             if not low <= value <= high:
-                raise InputError(f"{_NAMES[name]} must be in [{low:g}, {high:g}] {_UNITS[name]}, got {value:g}")
-            bound = ORDER.get(name)
-            if bound is not None and not value < getattr(self, bound):
-                raise InputError(f"{_NAMES[name]} must be below {_NAMES[bound]}, got {_NAMES[name]} {value:g} ms, "
-                                 f"{_NAMES[bound]} {getattr(self, bound):g} ms")
-        return self
+                return False
+        return True
 
     def values(self) -> Dict[str, float]:
         """The parameters the protocol holds, by name (``tr``, ``te`` and those of its sequence)."""
@@ -141,38 +253,53 @@ def protocol_from_args(
     ti: Optional[float] = None,
     ti2: Optional[float] = None,
     flip: Optional[float] = None,
-    field: float = 3.0,
+    field: float = DEFAULT_FIELD_T,
 ) -> Protocol:
     """A validated protocol from command-line style arguments.
 
     ``flair`` and ``stir`` are inversion recovery with TI, when not given, at
     the null point of CSF or fat for the chosen TR at ``field`` tesla.
     """
+    derive, derived = None, ()
     if sequence in NULLED_IR:
         if ti is None and tr > 0:
-            ti = null_ti(relaxation(NULLED_IR[sequence], field).t1, tr)
+            t1 = relaxation(NULLED_IR[sequence], field).t1
+            derive, derived = (lambda p: replace(p, ti=null_ti(t1, p.tr))), ("ti",)
+            ti = null_ti(t1, tr)
         sequence = "ir"
-    return Protocol(sequence, tr, te, ti, ti2, flip).validate()
+    return Protocol(sequence, tr, te, ti, ti2, flip)._validate(derive, derived)
 
 
-def parameter_bounds(tr: float, ti: float) -> Dict[str, Tuple[float, float]]:
+def parameter_bounds(tr: float, ti: float, sequence: Optional[str] = None) -> Dict[str, Tuple[float, float]]:
     """The (minimum, maximum) of each parameter for a given TR and TI: :data:`RANGES`, with TE and TI kept
-    :data:`GAP_MS` below TR and TI2 below TI (:data:`ORDER`)."""
+    :data:`GAP_MS` below TR and TI2 below TI (:data:`ORDER`).
+
+    With ``sequence``, the minima are that sequence's (:func:`minimum`), raised where needed so that every
+    value inside the bounds makes a protocol :meth:`Protocol.validate` accepts (TR above TE's and TI's minima,
+    TI above TI2's). Without, they are the smallest any sequence takes: a value there may be refused by the
+    sequence chosen.
+    """
     given = {"tr": tr, "ti": ti}
+    lows = {name: minimum(name, sequence) for name in RANGES}
+    if sequence is not None:
+        if _takes(sequence, "ti2"):
+            lows["ti"] = max(lows["ti"], lows["ti2"] + GAP_MS)
+        lows["tr"] = max(lows["tr"], lows["te"] + GAP_MS, lows["ti"] + GAP_MS if _takes(sequence, "ti") else 0.0)
     bounds = {}
-    for name, (low, high) in RANGES.items():
+    for name, (_low, high) in RANGES.items():
         if name in ORDER:
             high = min(high, given[ORDER[name]] - GAP_MS)
-        bounds[name] = (low, high)
+        bounds[name] = (lows[name], high)
     return bounds
 
 
-def clamp_parameters(values: Mapping[str, float]) -> Dict[str, float]:
-    """``values`` (all of :data:`PARAMETERS`) moved inside their bounds; TR first, then TI, then the rest,
-    since each bound depends only on the values clamped before it."""
+def clamp_parameters(values: Mapping[str, float], sequence: Optional[str] = None) -> Dict[str, float]:
+    """``values`` (all of :data:`PARAMETERS`) moved inside their bounds (:func:`parameter_bounds`, of
+    ``sequence`` when given); TR first, then TI, then the rest, since each bound depends only on the values
+    clamped before it."""
     clamped = {name: float(value) for name, value in values.items()}
     for name in ("tr", "ti", "te", "ti2", "flip"):
-        low, high = parameter_bounds(clamped["tr"], clamped["ti"])[name]
+        low, high = parameter_bounds(clamped["tr"], clamped["ti"], sequence)[name]
         clamped[name] = min(max(clamped[name], low), high)
     return clamped
 

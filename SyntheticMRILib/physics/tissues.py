@@ -36,6 +36,7 @@ from typing import Dict, Tuple
 __all__ = ["Relaxation", "TISSUES", "FIELD_STRENGTHS", "relaxation", "FREESURFER_TISSUE"]
 
 FIELD_STRENGTHS = (1.5, 3.0)
+DEFAULT_FIELD_T = 3.0  # the table the presets' null points and a default flair/stir TI come from
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _parse(table: str) -> Dict[str, Dict[float, Relaxation]]:
 TISSUES: Dict[str, Dict[float, Relaxation]] = _parse(_TABLE)
 
 
-def relaxation(tissue: str, field: float = 3.0) -> Relaxation:
+def relaxation(tissue: str, field: float = DEFAULT_FIELD_T) -> Relaxation:
     """The table row of ``tissue`` at ``field`` tesla (1.5 or 3)."""
     try:
         return TISSUES[tissue][float(field)]

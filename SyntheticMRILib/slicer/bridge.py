@@ -47,6 +47,7 @@ from vtk.util import numpy_support
 from ..errors import InputError
 from ..io.labels import LABEL_TAG, TERMINOLOGY_CONTEXT, LabelEntry, label_entry, label_table
 from ..io.maps import Maps, prepare_maps
+from ..io.provenance import PROTOCOL_KEY, PROVENANCE_KEYS, SCALE_KEY, Provenance
 from .preview import on_grid, plane_voxels, synthesize_planes
 from ..physics.protocols import Protocol
 from ..resources import resource_path, sample_paths
@@ -60,13 +61,16 @@ __all__ = [
     "SCALE_ATTRIBUTE",
 ]
 
-# Attributes of a synthetic contrast's node: its protocol (provenance, and the Slicer module's mark that live
-# updates may overwrite the node) and the name given to it here, so that its name follows the contrast until
-# the user renames it.
-PROTOCOL_ATTRIBUTE = "SyntheticMRI.Protocol"
+# Attributes of a synthetic contrast's node: its provenance, the keys and format of io.provenance, the same as a
+# file's header fields (SyntheticMRI.Sequence, .TR_ms, .TE_ms, .TI_ms, .TI2_ms, .FlipAngle_deg, .Preset,
+# .TissueTable_T, .Version), among them its protocol in one line (SyntheticMRI.Protocol: also the Slicer module's
+# mark that live updates may overwrite the node); and the name given to it here, so that its name follows the
+# contrast until the user renames it.
+PROTOCOL_ATTRIBUTE = PROTOCOL_KEY
 AUTO_NAME_ATTRIBUTE = "SyntheticMRI.AutoName"
-# Stored int16 voxels stand for float values int16 * scale (the attribute's text, a Python float repr).
-SCALE_ATTRIBUTE = "SyntheticMRI.Scale"
+# Stored int16 voxels stand for float values int16 * scale (the attribute's text, a Python float repr), as the
+# header field of the same name in a file.
+SCALE_ATTRIBUTE = SCALE_KEY
 _INT16_PEAK = 32767  # the largest magnitude stored; symmetric, so signed contrasts (PSIR, dSIR) keep their zero
 _SLICE_VIEWS = ("Red", "Yellow", "Green")  # the singleton slice views of Slicer's standard layouts
 
@@ -365,9 +369,12 @@ def node_from_volume(volume: Volume, name: str, node: Optional[slicer.vtkMRMLSca
 
 def node_from_contrast(volume: Volume, protocol: Protocol, node: Optional[slicer.vtkMRMLScalarVolumeNode] = None,
                        name: Optional[str] = None,
-                       scene: Optional[slicer.vtkMRMLScene] = None) -> slicer.vtkMRMLScalarVolumeNode:
+                       scene: Optional[slicer.vtkMRMLScene] = None,
+                       provenance: Optional[Provenance] = None) -> slicer.vtkMRMLScalarVolumeNode:
     """A synthetic contrast: ``volume``, made with ``protocol``, into ``node`` (a new node when None), which records
-    the protocol (attribute ``PROTOCOL_ATTRIBUTE``).
+    its provenance as attributes (:meth:`Provenance.fields <SyntheticMRILib.io.provenance.Provenance.fields>`: the
+    sequence, each parameter, the protocol in one line as ``PROTOCOL_ATTRIBUTE``, the version; ``provenance``
+    adds the preset's name and tissue table). Attributes of an earlier contrast in ``node`` are replaced.
 
     A node named here (or an empty one, fresh from "Create new volume") follows the contrast, "Synthetic T1w" ->
     "Synthetic STIR": it takes ``name``, by default "Synthetic" and the sequence. A node the user (re)named keeps
@@ -381,7 +388,10 @@ def node_from_contrast(volume: Volume, protocol: Protocol, node: Optional[slicer
         name = f"Synthetic {protocol.sequence.upper()}"
     node = node_from_volume(volume, name, node=node, scene=scene)
     node.SetAttribute(AUTO_NAME_ATTRIBUTE, node.GetName() if auto_name else "")
-    node.SetAttribute(PROTOCOL_ATTRIBUTE, f"{protocol.sequence} {protocol.caption()}")
+    for key in PROVENANCE_KEYS:  # e.g. no TI left from an IR when the node now holds a spin echo
+        node.RemoveAttribute(key)
+    for key, value in (provenance or Provenance(protocol)).fields().items():
+        node.SetAttribute(key, value)
     return node
 
 

@@ -189,21 +189,22 @@ class SyntheticMRIWidget(VTKObservationMixin):
                 if p.contrast in PRESETS:  # no torch needed: the presets are the library's torch-free catalogue
                     self._appliedPreset = (p.contrast, preset_values(p.contrast))
                     values.update(self._appliedPreset[1])  # the others stay, clamped below
-        values = clamp_parameters(values)
+        values = clamp_parameters(values, sequence_of(p.contrast))
         with slicer.util.NodeModify(p):
             for name, value in values.items():
                 if getattr(p, name) != value:
                     setattr(p, name, value)
             self._switchToCustomIfPresetEdited(values)
-        self._showSliders(values)
+        self._showSliders(values, sequence_of(p.contrast))
         self._layOutContrast()
         problem = self._inputProblem()
         self.ui.applyButton.enabled = problem is None
         self.ui.applyButton.toolTip = problem or _("Synthesize the whole volume with the current contrast.")
 
-    def _showSliders(self, values: Dict[str, float]) -> None:
-        """Bounds first, then values, signals blocked: nothing writes back, nothing is clipped by stale bounds."""
-        bounds = parameter_bounds(values["tr"], values["ti"])
+    def _showSliders(self, values: Dict[str, float], sequence: str) -> None:
+        """Bounds first (those of ``sequence``: every value inside makes a valid protocol), then values, signals
+        blocked: nothing writes back, nothing is clipped by stale bounds."""
+        bounds = parameter_bounds(values["tr"], values["ti"], sequence)
         for name, slider in self._sliders.items():
             wasBlocked = slider.blockSignals(True)
             slider.minimum, slider.maximum = bounds[name]
@@ -302,8 +303,9 @@ class SyntheticMRIWidget(VTKObservationMixin):
 
     def _protocol(self, overrides: Optional[Dict[str, float]] = None):
         """The protocol of the parameter node, with ``overrides`` (a dragged slider) kept physical."""
+        contrast = self._parameterNode.contrast
         values = {name: float(getattr(self._parameterNode, name)) for name in PARAMETERS}
-        return self.logic.protocol(self._parameterNode.contrast, **clamp_parameters({**values, **(overrides or {})}))
+        return self.logic.protocol(contrast, **clamp_parameters({**values, **(overrides or {})}, sequence_of(contrast)))
 
     def _updateKey(self, protocol) -> tuple:
         from .bridge import node_stamps  # torch is there: this runs after ensureDependencies

@@ -3,9 +3,9 @@ the defaults without loading the training stack."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
-__all__ = ["TrainConfig", "VARIANTS"]
+__all__ = ["TrainConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict"]
 
 VARIANTS = ("learned", "fixed", "maps", "random")
 
@@ -30,3 +30,15 @@ class TrainConfig:
     num_res_units: int = 2
     seed: int = 0
     random_start_seed: int = 1
+
+
+# What a segmenter must reach on `test` before train-seg recommends shipping it (the bar of the issue that asked
+# for the model, and of its model card): mean Dice over the 14 structures, and the worst structure's mean Dice.
+SHIP_BAR = {"mean_dice": 0.85, "min_structure_dice": 0.70}
+
+
+def shipping_verdict(test_scores: dict) -> List[str]:
+    """What keeps a model with these ``test`` scores (``mean_dice``, ``min_structure_dice``) from shipping: one
+    line per missed bar, an empty list when it meets :data:`SHIP_BAR`."""
+    return [f"test {key.replace('_', ' ')} {test_scores[key]:.3f} < {bar:.2f}"
+            for key, bar in SHIP_BAR.items() if not test_scores[key] >= bar]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..models.contrast import DEFAULT_PRESETS, LearnableContrast
-from .config import VARIANTS, TrainConfig
+from .config import SHIP_BAR, VARIANTS, TrainConfig, shipping_verdict
 from ..errors import InputError
 from ..io.maps import load_maps
 from .augment import scanner_effects
@@ -567,6 +567,10 @@ def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIA
     write_report(results, out)
     if "learned" in results:
         card = write_model_card(results, data, out, config, device)
-        log(f"model to ship: {card.parent} (copy its files into Resources/Models)")
+        missed = shipping_verdict(results["learned"]["evaluation"]["test"])
+        if missed:
+            log(f"not for shipping: {'; '.join(missed)} (the bar: {SHIP_BAR}); the card is at {card}")
+        else:
+            log(f"model to ship: {card.parent} (meets the bar {SHIP_BAR}; copy its files into Resources/Models)")
     log(f"report: {out / 'report.md'}, curves: {out / 'training.png'}")
     return results
