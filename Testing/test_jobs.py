@@ -195,14 +195,13 @@ def test_a_launcher_killed_alone_leaves_its_child_running_until_its_stdin_closes
 
 def test_a_child_stuck_in_native_code_exits_hard_after_the_grace(tmp_path):
     """The lifeline's second step: KeyboardInterrupt cannot land (here: swallowed), so it exits anyway."""
-    code = (
-        "import time; from SyntheticMRILib.apps.child import _stop_when_stdin_closes; _stop_when_stdin_closes(0.5)\n"
+    code = (  # a SIGINT handler that does nothing: the interrupt never lands, at any point of the loop
+        "import signal, time; from SyntheticMRILib.apps.child import _stop_when_stdin_closes\n"
+        "signal.signal(signal.SIGINT, lambda *args: None)\n"
+        "_stop_when_stdin_closes(0.5)\n"
         "print('ready', flush=True)\n"
         "while True:\n"
-        "    try:\n"
-        "        time.sleep(10)\n"
-        "    except KeyboardInterrupt:\n"
-        "        pass\n"
+        "    time.sleep(10)\n"
     )
     started = []
     result = run_batch_process([sys.executable, "-c", code], on_progress=started.append,
