@@ -102,3 +102,16 @@ def test_every_cli_example_that_needs_no_extra_data_runs(workspace, capsys):
     assert sorted(set(ran)) == ["--version", "batch", "contrast", "presets", "segment", "synth"]
     for output in ("flair.nrrd", "ir600.nii.gz", "seg.nrrd", "seg.seg.nrrd", "volumes.csv", "out/sub-01/T1w.nrrd"):
         assert (workspace / output).is_file(), output
+
+
+def test_the_layout_tree_names_every_sub_package_and_module():
+    tree = README[README.index("## Layout"): README.index("Each command of the CLI")]
+    library = ROOT / "SyntheticMRILib"
+    for sub in sorted(p for p in library.iterdir() if (p / "__init__.py").is_file()):
+        assert f"  {sub.name}/ " in tree, sub.name
+        for module in sorted(sub.glob("*.py")):
+            if module.name != "__init__.py":
+                assert module.stem in tree, f"{sub.name}/{module.name} is not in the README's layout"
+    for module in sorted(library.glob("*.py")):
+        if module.name != "__init__.py":
+            assert module.name in tree, module.name
