@@ -21,7 +21,7 @@ from SyntheticMRILib.physics.synthesis import synthesize_volume
 from SyntheticMRILib.io.volumes import Volume
 
 
-# --------------------------------------------------------------------------- geometry helpers (also used by test_module_static)
+# --------------------------------------------------------------------------- geometry helpers (also used by test_slicer_logic)
 def ras_to_ijk(volume: Volume) -> np.ndarray:
     return np.linalg.inv(volume.ijk_to_ras())
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from .. import jobs
+from ..io.provenance import PROTOCOL_KEY
 from ..physics.protocols import PRESETS, Protocol, contrast_description, preset, protocol_from_values
 from . import install
 
@@ -28,7 +29,7 @@ CUSTOM_CONTRASTS = {
     "Custom double IR": "dir", "Custom gradient echo": "gre", "Custom dSIR": "dsir",
 }
 CONTRASTS = tuple(PRESETS) + tuple(CUSTOM_CONTRASTS)
-PROTOCOL_ATTRIBUTE = "SyntheticMRI.Protocol"  # as in the bridge, which stays unimported until torch is there
+PROTOCOL_ATTRIBUTE = PROTOCOL_KEY  # the node attribute of a synthesized volume (the bridge sets it)
 
 
 def sequence_of(contrast: str) -> str:
