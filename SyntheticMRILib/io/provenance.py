@@ -29,18 +29,19 @@ SyntheticMRI.Scale         storage, not provenance: the file's integers times th
                            ``scl_slope`` instead
 ========================== ===================================================================
 
-Importing it imports neither torch nor SimpleITK: the bridge and the GUI read the keys from here.
+Importing it imports no torch: the bridge and the GUI read the keys from here. The storage fields (scale,
+NIfTI description) belong to :mod:`.volumes`, which writes and reads them.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional
 
 from .. import __version__
 from ..physics.protocols import NULLED_IR, Preset, Protocol
 from ..physics.tissues import DEFAULT_FIELD_T
+from .volumes import NIFTI_DESCRIPTION, SCALE_KEY, PathLike, is_nifti, read_header, write_volume
 
 __all__ = [
     "Provenance", "VERSION_KEY", "SEQUENCE_KEY", "PARAMETER_KEYS", "PRESET_KEY", "TABLE_KEY", "PROTOCOL_KEY",
@@ -57,26 +58,19 @@ PARAMETER_KEYS: Dict[str, str] = {
 PRESET_KEY = PREFIX + "Preset"
 TABLE_KEY = PREFIX + "TissueTable_T"
 PROTOCOL_KEY = PREFIX + "Protocol"
-SCALE_KEY = PREFIX + "Scale"
 # Every key a contrast's provenance may set (a node that gets a new contrast drops them all first).
 PROVENANCE_KEYS = (VERSION_KEY, SEQUENCE_KEY, *PARAMETER_KEYS.values(), PRESET_KEY, TABLE_KEY, PROTOCOL_KEY)
-NIFTI_DESCRIPTION = "descrip"  # the NIfTI-1 header field (80 bytes) and its SimpleITK metadata key
 _DESCRIPTION_LENGTH = 79  # the 80-byte field, NUL-terminated
 _MAGIC = "SyntheticMRI"
 _SHORT = {"tr": "TR", "te": "TE", "ti": "TI", "ti2": "TI2", "flip": "FA"}  # keys of the compact (NIfTI) form
 
 
-PathLike = Union[str, os.PathLike]
 
 
 def _number(value: float) -> str:
     """The shortest text that reads back as exactly ``value``: "9000", "2.5", "437.41232299804688"."""
     value = float(value)
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-
-
-def _nifti(path: PathLike) -> bool:
-    return str(path).lower().endswith((".nii", ".nii.gz"))
 
 
 @dataclass(frozen=True)
@@ -162,7 +156,7 @@ class Provenance:
 
     def header(self, path: PathLike) -> Dict[str, str]:
         """The header fields for a file at ``path``: the key/value fields, or for NIfTI the compact ``descrip``."""
-        return {NIFTI_DESCRIPTION: self.description()} if _nifti(path) else self.fields()
+        return {NIFTI_DESCRIPTION: self.description()} if is_nifti(path) else self.fields()
 
 
 # ----------------------------------------------------------------------------- files
@@ -170,15 +164,11 @@ def write_contrast(volume, path: PathLike, provenance: Provenance, overwrite: bo
                    bits: Optional[int] = None) -> Path:
     """:func:`~SyntheticMRILib.io.volumes.write_volume` with the provenance in the header; ``bits``: store
     scaled integers of that many bits (e.g. 12) instead of the float values (see ``quantize``)."""
-    from .volumes import write_volume
-
     return write_volume(volume, path, overwrite, metadata=provenance.header(path), bits=bits)
 
 
 def read_provenance(path: PathLike) -> Optional[Provenance]:
     """The provenance a file's header carries (key/value fields, else a NIfTI ``descrip``), or None."""
-    from .volumes import read_header
-
     metadata = read_header(path).metadata
     return Provenance.from_fields(metadata) or Provenance.from_description(metadata.get(NIFTI_DESCRIPTION, ""))
 
@@ -191,8 +181,6 @@ def _numbers(values) -> str:
 def describe(path: PathLike) -> str:
     """What ``syntheticmri info`` prints: the grid (x, y, z order, LPS as on disk), how voxels are stored,
     and the provenance fields (or that there are none)."""
-    from .volumes import read_header
-
     header = read_header(path)
     metadata = header.metadata
     direction = header.direction
@@ -207,7 +195,7 @@ def describe(path: PathLike) -> str:
     ]
     if SCALE_KEY in metadata:
         lines[-1] += f", stored as integers: value = stored x {metadata[SCALE_KEY]} ({SCALE_KEY})"
-    elif _nifti(path) and float(metadata.get("scl_slope", "1") or 1) not in (0.0, 1.0):  # read as floats
+    elif is_nifti(path) and float(metadata.get("scl_slope", "1") or 1) not in (0.0, 1.0):  # read as floats
         lines[-1] = (f"  voxels     {metadata.get('bitpix', '?')}-bit integers on disk, read as {header.pixel_type}: "
                      f"value = stored x {metadata['scl_slope']} + {metadata.get('scl_inter', '0')} "
                      "(scl_slope, scl_inter)")
@@ -215,10 +203,10 @@ def describe(path: PathLike) -> str:
     if provenance is None:
         lines.append("  provenance none: no SyntheticMRI fields in this header (not written by SyntheticMRI)")
         return "\n".join(lines)
-    source = "NIfTI descrip, numbers to 6 significant digits" if _nifti(path) else "header fields"
+    source = "NIfTI descrip, numbers to 6 significant digits" if is_nifti(path) else "header fields"
     lines.append(f"  provenance ({source})")
     fields = provenance.fields()
-    if not _nifti(path):  # show what the file says, keys as written
+    if not is_nifti(path):  # show what the file says, keys as written
         fields = {key: metadata[key] for key in PROVENANCE_KEYS if key in metadata}
     width = max(map(len, fields))
     lines += [f"    {key:{width}s}  {value}" for key, value in fields.items()]

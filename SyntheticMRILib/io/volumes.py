@@ -8,7 +8,7 @@ written back lands on exactly the grid it was read from.
 Compact storage (``write_volume(..., bits=12)``): a weighted image can be stored as int16
 integers and one scale, as scanners store DICOM (12 bits, RescaleSlope): the values are
 ``stored * scale``. NRRD/MHA keep the scale in the header field ``SyntheticMRI.Scale``
-(:data:`~SyntheticMRILib.io.provenance.SCALE_KEY`), which :func:`read_volume` applies, so
+(:data:`SCALE_KEY`), which :func:`read_volume` applies, so
 readers of this package get float32 values back; other NRRD readers (e.g. Slicer's "Add
 Data") show the stored integers, the same image up to that one factor. NIfTI uses its
 standard ``scl_slope``, which every NIfTI reader applies. Quantitative maps are never
@@ -27,16 +27,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .provenance import NIFTI_DESCRIPTION, SCALE_KEY
 
 __all__ = ["Volume", "read_volume", "write_volume", "check_output", "check_output_file", "check_output_folder",
-           "EXTENSIONS", "Header", "read_header", "quantize", "COMPACT_BITS"]
+           "EXTENSIONS", "Header", "read_header", "quantize", "COMPACT_BITS", "SCALE_KEY", "NIFTI_DESCRIPTION",
+           "is_nifti"]
 
 EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 PARTIAL_PREFIX = ".partial-"  # the temporary name of a file being written (see write_volume)
 _DETACHED = (".nhdr", ".mhd")
 _NIFTI = (".nii", ".nii.gz")
 PathLike = Union[str, os.PathLike]
+# Storage fields: the NRRD/MHA field whose value times the stored integers gives the values (NIfTI: scl_slope),
+# and the NIfTI-1 header field (80 bytes) that SimpleITK names descrip.
+SCALE_KEY = "SyntheticMRI.Scale"
+NIFTI_DESCRIPTION = "descrip"
 # Compact storage of weighted images: 12-bit integers (0..4095, -4095..4095 when signed), as scanner DICOM.
 # Measured on the demo's contrasts (README, below the main command), gzip NRRD per 7-million-voxel contrast:
 # float32 10.6 MB, 15 bits 5.3, 12 bits 4.4, 10 bits 3.6, 8 bits 2.6 (the maps' smooth within-tissue variation
@@ -215,6 +219,11 @@ def quantize(array: np.ndarray, bits: int = COMPACT_BITS) -> Tuple[np.ndarray, f
     return np.rint(values / scale).astype(np.int16), scale
 
 
+def is_nifti(path: PathLike) -> bool:
+    """Whether ``path`` names a NIfTI file (``.nii``, ``.nii.gz``)."""
+    return str(path).lower().endswith(_NIFTI)
+
+
 def _patch_nifti(path: Path, description: Optional[str], slope: Optional[float]) -> None:
     """Write ``descrip`` and ``scl_slope`` into a NIfTI-1/2 header: ITK's writer ignores both fields."""
     compressed = str(path).lower().endswith(".gz")
@@ -249,7 +258,7 @@ def write_volume(volume: Volume, path: PathLike, overwrite: bool = False,
     path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = dict(metadata or {})
-    nifti = str(path).lower().endswith(_NIFTI)
+    nifti = is_nifti(path)
     scale = None
     if bits is not None:
         array, scale = quantize(volume.array, bits)

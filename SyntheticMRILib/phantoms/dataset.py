@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .sources import PathLike
 from .generator import VARIATION, SubjectSpec, generate_subject, plan_split
 from .manifest import read_manifest
-from ..io.volumes import Volume, read_volume
+from ..io.volumes import PathLike, Volume, read_volume
 
 __all__ = ["PhantomSlices"]
 

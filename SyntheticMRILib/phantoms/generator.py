@@ -65,10 +65,10 @@ from .. import __version__
 from . import head
 from ..errors import InputError
 from ..io.labels import STRUCTURES
-from .sources import (NORMS_ML, NORMS_SOURCE, SOURCES, Anatomy, PathLike, left_right_swap_lut, load_source,
+from .sources import (NORMS_ML, NORMS_SOURCE, SOURCES, Anatomy, left_right_swap_lut, load_source,
                       source_available, source_spec, structure_volumes)
 from ..physics.tissues import FIELD_STRENGTHS, TISSUES
-from ..io.volumes import Volume, check_output_folder, write_volume
+from ..io.volumes import PathLike, Volume, check_output_folder, write_volume
 from .manifest import write_manifest
 
 __all__ = [

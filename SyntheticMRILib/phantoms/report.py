@@ -11,9 +11,9 @@ import numpy as np
 from . import head
 from ..errors import InputError
 from ..io.labels import STRUCTURES, TISSUE_GROUPS
-from .sources import NORMS_ML, NORMS_SOURCE, PathLike
+from .sources import NORMS_ML, NORMS_SOURCE
 from ..physics.tissues import TISSUES
-from ..io.volumes import Volume
+from ..io.volumes import PathLike, Volume
 from .dataset import PhantomSlices
 from .manifest import MANIFEST, has_manifest
 

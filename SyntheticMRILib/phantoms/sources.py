@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,14 +32,13 @@ from ..errors import InputError
 from ..resources import resource_path, sha256
 from ..physics.tissues import FREESURFER_TISSUE
 from ..io.labels import STRUCTURES, TISSUE_GROUPS
-from ..io.volumes import PARTIAL_PREFIX, Volume, read_volume
+from ..io.volumes import PARTIAL_PREFIX, PathLike, Volume, read_volume
 
 __all__ = [
     "AnatomySource", "SOURCES", "STRUCTURES", "TISSUE_GROUPS", "NORMS_ML", "NORMS_SOURCE", "cache_dir",
     "fetch_sources", "source_available", "source_spec", "Anatomy", "left_right_swap_lut", "read_mgh", "load_source", "structure_volumes",
 ]
 
-PathLike = Union[str, os.PathLike]
 GRID_MM = 3.0  # spacing of the velocity grid of the warps (mm)
 
 # --------------------------------------------------------------------------- sources
