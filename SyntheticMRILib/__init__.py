@@ -10,8 +10,8 @@ Slicer. Quick start::
     smri.write_volume(maps.volume(flair.numpy()), "flair.nrrd")
 
 Sub-packages: ``physics`` (signal equations, tissues, protocols and presets),
-``io`` (volumes, maps, labels), ``phantoms``, ``models``, ``training``, ``apps``
-(command line, batch, jobs, demo, figures) and ``slicer`` (MRML bridge, preview,
+``io`` (volumes, maps, labels), ``phantoms``, ``models``, ``training``, ``cohort``
+(resumable batches over a study, Dask), ``apps`` (command line, child process, demo) and ``slicer`` (MRML bridge, preview,
 the module's widget and logic). Importing this package imports no torch: the
 names below load their sub-module on first use.
 """
@@ -26,6 +26,7 @@ _EXPORTS = {
     "PRESETS": "physics.protocols", "SEQUENCES": "physics.protocols", "Preset": "physics.protocols",
     "Protocol": "physics.protocols", "preset": "physics.protocols", "protocol_from_args": "physics.protocols",
     "synthesize": "physics.synthesis", "synthesize_volume": "physics.synthesis",
+    "build_recipe": "cohort.recipe", "run_cohort": "cohort.run",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

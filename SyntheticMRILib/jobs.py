@@ -114,17 +114,24 @@ def batch_command(
     units: str = "ms",
     device: str = "auto",
     overwrite: bool = False,
+    learned: bool = False,
+    segment: bool = False,
+    retry_failed: bool = False,
+    workers: int = 1,
 ) -> List[str]:
-    """The argv of a child that synthesizes ``presets`` (names) for every subject of ``study`` into ``output``,
-    printing ``progress DONE/TOTAL SUBJECT`` lines; run it with :func:`child_environment` and a stdin pipe kept open
-    (closing it cancels). ``python``: :func:`slicer_python` in Slicer, ``sys.executable`` elsewhere."""
-    if not presets:
-        raise InputError("choose at least one preset")
+    """The argv of a child that runs ``syntheticmri batch`` (``presets`` by name, the learned contrasts, the
+    segmentation) for every subject of ``study`` into ``output`` on ``workers`` processes, printing
+    ``progress DONE/TOTAL SUBJECT (RATE, TIME left)`` lines; run it with :func:`child_environment` and a stdin pipe
+    kept open (closing it cancels, workers included). ``python``: :func:`slicer_python` in Slicer, ``sys.executable``
+    elsewhere."""
+    if not (presets or learned or segment):
+        raise InputError("choose at least one contrast, the learned contrasts or the segmentation")
     argv = child_command(python, "batch", "--input", str(study))
     for name in presets:
         argv += ["--preset", str(name)]
-    argv += ["-o", str(output), "--units", units, "--device", device]
-    return argv + (["--overwrite"] if overwrite else []) + ["--progress", "lines"]
+    argv += ["-o", str(output), "--units", units, "--device", device, "--workers", str(int(workers))]
+    flags = (("--learned", learned), ("--segment", segment), ("--retry-failed", retry_failed), ("--overwrite", overwrite))
+    return argv + [flag for flag, wanted in flags if wanted] + ["--progress", "lines"]
 
 
 def child_command(python: str, *args: str) -> List[str]:

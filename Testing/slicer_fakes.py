@@ -119,7 +119,14 @@ def fake_ui() -> types.SimpleNamespace:
     ui = types.SimpleNamespace()
     for element in ET.parse(UI).getroot().iter("widget"):
         cls, name = element.get("class"), element.get("name")
-        setattr(ui, name, (FakeSlider if cls == "ctkSliderWidget" else FakeWidget)(cls, name))
+        widget = (FakeSlider if cls == "ctkSliderWidget" else FakeWidget)(cls, name)
+        for prop in element.findall("property"):  # the numbers and states a widget starts with, as Qt reads them
+            number, state = prop.find("number"), prop.find("bool")
+            if prop.get("name") in ("value", "minimum", "maximum") and number is not None and cls != "ctkSliderWidget":
+                setattr(widget, prop.get("name"), int(number.text))
+            elif prop.get("name") == "checked" and state is not None:
+                widget.checked = state.text == "true"
+        setattr(ui, name, widget)
     return ui
 
 

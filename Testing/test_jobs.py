@@ -31,7 +31,9 @@ LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 
 def outputs(folder: Path) -> list:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """The files a batch leaves for users: not its ledger (.syntheticmri/) nor status.csv."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and ".syntheticmri" not in p.parts and p.name != "status.csv") if folder.exists() else []
 
 
 def assert_complete_volumes_only(folder: Path, shape) -> None:
@@ -48,8 +50,11 @@ def test_batch_command_runs_the_cli_batch_behind_the_stdin_lifeline(tmp_path):
     assert argv == [
         "/opt/Slicer/bin/PythonSlicer", "-m", CHILD_MODULE, "batch", "--input", str(tmp_path / "study"),
         "--preset", "T1w", "--preset", "T2-FLAIR", "-o", str(tmp_path / "out"), "--units", "s", "--device", "cpu",
-        "--overwrite", "--progress", "lines",
+        "--workers", "1", "--overwrite", "--progress", "lines",
     ]
+    steps = batch_command("python", "s", [], "o", learned=True, segment=True, retry_failed=True, workers=3)
+    assert steps[steps.index("--workers"):] == ["--workers", "3", "--learned", "--segment", "--retry-failed",
+                                                "--progress", "lines"]
     assert "--overwrite" not in batch_command("python", "s", ["T1w"], "o")
     with pytest.raises(InputError):
         batch_command("python", "s", [], "o")
@@ -123,7 +128,8 @@ def test_batch_in_a_child_writes_every_output_and_reports_progress_in_order(tmp_
                                      on_progress=lines.append)
     assert code == 0, stderr
     progress = [parsed for parsed in map(parse_progress, lines) if parsed is not None]
-    assert progress == [(0, 3, "sub-00"), (1, 3, "sub-01"), (2, 3, "sub-02"), (3, 3, "")]
+    assert [(done, total) for done, total, _ in progress] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert [what.split()[0] for _, _, what in progress[1:]] == ["sub-00", "sub-01", "sub-02"]
     assert outputs(out) == [f"sub-{n:02d}/{name}.nrrd" for n in range(3) for name in ("T1w", "T2-FLAIR")]
     maps = load_maps(*(study / "sub-02" / f"{m}.nrrd" for m in ("t1", "t2", "pd")))
     image = read_volume(out / "sub-02" / "T2-FLAIR.nrrd")
@@ -139,8 +145,8 @@ def test_a_failing_subject_surfaces_its_stderr_line_and_the_others_are_written(t
     code, stderr = run_batch_process(batch_command(sys.executable, study, ["T2w"], out, device="cpu"),
                                      on_progress=lines.append)
     assert code == 2
-    assert error_line(stderr).startswith("syntheticmri: error: 1 subject(s) skipped: sub-01")
-    assert any(line.startswith("sub-01: skipped:") and "pd" in line for line in lines)
+    assert error_line(stderr).startswith("syntheticmri: error: 1 subject(s) failed: sub-01")
+    assert any(line.startswith("sub-01: failed:") and "pd" in line for line in lines)
     assert outputs(out) == ["sub-00/T2w.nrrd", "sub-02/T2w.nrrd"]
 
 
@@ -173,7 +179,7 @@ def test_a_launcher_killed_alone_leaves_its_child_running_until_its_stdin_closes
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=child_environment())
     try:
-        assert parse_progress(launcher.stdout.readline().decode()) == (0, 40, "sub-00")
+        assert parse_progress(launcher.stdout.readline().decode()) == (0, 40, "")
         launcher.kill()
         launcher.wait()
         assert parse_progress(launcher.stdout.readline().decode())[0] >= 1, "the child died with the launcher"

@@ -115,3 +115,23 @@ def test_the_layout_tree_names_every_sub_package_and_module():
     for module in sorted(library.glob("*.py")):
         if module.name != "__init__.py":
             assert module.name in tree, module.name
+
+
+def test_the_cohort_commands_run_and_a_rerun_makes_nothing(workspace, capsys):
+    from SyntheticMRILib.apps.cli import main
+
+    (workspace / "recipe.yaml").write_text(next(code for code, _ in fenced_blocks("yaml")))
+    block = re.search(r"<!-- cohort-commands[^\n]*\n```bash\n(.*?)^```", README, re.M | re.S).group(1)
+    made = []
+    for line in block.splitlines():
+        command = line.split("#")[0].split()
+        assert command[0] == "syntheticmri"
+        capsys.readouterr()
+        assert main(command[1:]) == 0, (line, capsys.readouterr().err)
+        made.append(int(re.search(r"(\d+) output\(s\) made", capsys.readouterr().out).group(1)))
+    assert made == [4, 0, 4, 0]  # T1w, T2-FLAIR, segmentation, volumes; nothing; the recipe's four; nothing to retry
+    subject = workspace / "cohort" / "sub-01"
+    assert sorted(p.name for p in subject.iterdir()) == sorted(
+        ["T1w.nrrd", "T2-FLAIR.nrrd", "segmentation.nrrd", "volumes.csv", "PDw.nrrd", "STIR.nrrd", "T1w-short.nrrd",
+         "FLAIR-long.nrrd"])
+    assert (workspace / "cohort" / "volumes.csv").read_text().splitlines()[1].startswith("sub-01,")

@@ -216,15 +216,39 @@ def test_the_widget_runs_a_batch_out_of_process_and_reports_it(gui, tmp_path):
     assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled and ui.batchPresetList.enabled
     assert sorted(p.name for p in out.rglob("*.nrrd")) == ["DIR.nrrd", "DIR.nrrd", "T1w.nrrd", "T1w.nrrd"]
 
-    widget.onBatchRun()  # again, without "Replace existing files": every subject is refused
+    widget.onBatchRun()  # again: the run is complete, every output is checked and kept
     widget._batchJob.process.pump()
-    status = ui.batchStatusLabel.text.splitlines()
-    assert status[0].startswith("Failed: syntheticmri: error: 2 subject(s) skipped: sub-00, sub-01")
-    assert status[1].startswith("sub-00: skipped:") and "already exists" in status[1]
-    ui.batchOverwriteCheckBox.checked = True
+    assert ui.batchStatusLabel.text == f"Done: written under {out}."
+    (study / "sub-01" / "pd.nrrd").unlink()
+    ui.batchPresetList.selected = ["T1w", "DIR", "T2w"]  # one more contrast; one subject has lost a map
     widget.onBatchRun()
     widget._batchJob.process.pump()
-    assert ui.batchStatusLabel.text.startswith("Done")
+    status = ui.batchStatusLabel.text.splitlines()
+    assert status[0].startswith("Failed: syntheticmri: error: 1 subject(s) failed: sub-01")
+    assert any(line.startswith("sub-01: failed:") and "pd" in line for line in status[1:])
+    assert sorted(p.name for p in (out / "sub-00").iterdir()) == ["DIR.nrrd", "T1w.nrrd", "T2w.nrrd"]
+
+
+def test_the_batch_steps_workers_and_retry_reach_the_child(gui, tmp_path):
+    widget, ui, _ = batch_widget(gui)
+    asked = []
+    widget.logic.ensureDependencies = lambda extras=False, askConfirmation=True: asked.append(extras) or True
+    ui.batchInputPathLineEdit.currentPath, ui.batchOutputPathLineEdit.currentPath = str(tmp_path), str(tmp_path / "o")
+    ui.batchInputPathLineEdit.emit("currentPathChanged(QString)", str(tmp_path))
+    assert not ui.batchRunButton.enabled and ui.batchWorkersSpinBox.value == 1
+    ui.batchSegmentCheckBox.checked = True  # a step without any preset is a batch too
+    ui.batchSegmentCheckBox.emit("toggled(bool)", True)
+    assert ui.batchRunButton.enabled
+    ui.batchLearnedCheckBox.checked = ui.batchRetryCheckBox.checked = True
+    ui.batchWorkersSpinBox.value = 2
+    widget.onBatchRun()
+    argv = widget._batchJob.argv
+    assert asked == [True]  # the segmenter's packages and Dask
+    assert argv[argv.index("--workers") + 1] == "2"
+    assert {"--learned", "--segment", "--retry-failed"} <= set(argv) and "--preset" not in argv
+    assert not ui.batchWorkersSpinBox.enabled and not ui.batchSegmentCheckBox.enabled
+    widget._batchJob.process.pump()  # an empty study: the child's one-line error
+    assert "no subject folders" in ui.batchStatusLabel.text
 
 
 def test_cancel_stops_the_batch_and_the_buttons_follow(gui, big_study, tmp_path):
@@ -235,16 +259,16 @@ def test_cancel_stops_the_batch_and_the_buttons_follow(gui, big_study, tmp_path)
     ui.batchPresetList.selected = ["T2w"]
     widget.onBatchRun()
     process = widget._batchJob.process
-    assert not process.pump(until=lambda: ui.batchProgressBar.maximum > 0)
-    assert re.fullmatch(r"sub-(\d\d) \((\d+) of 40\)", ui.batchStatusLabel.text)  # "sub-00 (1 of 40)" unless slow
+    assert not process.pump(until=lambda: ui.batchProgressBar.value > 0)
+    assert re.fullmatch(r"\d+ of 40 subjects done; last: sub-\d\d \(.* subjects/h, .* left\)", ui.batchStatusLabel.text)
     cancelled = time.monotonic()
     ui.batchCancelButton.emit("clicked(bool)", True)
     assert ui.batchStatusLabel.text == "Cancelling..." and [ms for ms, _ in timers] == [5000]
     assert process.pump(timeout=5.0) and time.monotonic() - cancelled < 5.0  # stopped through its stdin, no kill
-    assert ui.batchStatusLabel.text == "Cancelled: the volumes written so far are complete."
+    assert ui.batchStatusLabel.text == "Cancelled: the outputs written so far are complete; Run batch finishes the rest."
     assert ui.batchRunButton.enabled and not ui.batchCancelButton.enabled
     written = sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert len(written) < 40 and set(written) <= {"T2w.nrrd"}  # no partial file
+    assert len(written) < 40 and set(written) <= {"T2w.nrrd", "lock", "request.json"} | {f"sub-{n:02d}.json" for n in range(40)}  # no partial file
 
 
 def test_the_widget_reports_a_python_that_does_not_start(gui, monkeypatch, tmp_path):
@@ -308,9 +332,10 @@ def test_every_input_of_the_ui_is_wired_bound_or_read(gui):
     signals = {"QPushButton": {"clicked(bool)"}, "ctkPathLineEdit": {"currentPathChanged(QString)"},
                "QListWidget": {"itemSelectionChanged()"}, "ctkSliderWidget": {"valueChanged(double)", "valueIsChanging(double)"}}
     bound = set(gui.BINDINGS.values())
-    read_when_run = {"batchOverwriteCheckBox"}  # read when Run is pressed
+    read_when_run = {"batchOverwriteCheckBox", "batchRetryCheckBox", "batchWorkersSpinBox",  # read when Run is pressed
+                     "batchLearnedCheckBox", "batchSegmentCheckBox"}
     for name, fake in vars(ui).items():
         if fake.cls in signals:
             assert signals[fake.cls] <= set(fake.slots), f"{name} is not connected to {signals[fake.cls] - set(fake.slots)}"
-        elif fake.cls in ("QComboBox", "qMRMLNodeComboBox", "QCheckBox"):
+        elif fake.cls in ("QComboBox", "qMRMLNodeComboBox", "QCheckBox", "QSpinBox"):
             assert name in bound | read_when_run, f"{name} is neither bound to a parameter nor read"

@@ -1,2 +1,2 @@
-"""What users run: the ``syntheticmri`` command line (``cli``), batches over study folders (``batch``), long work in
-child processes (``jobs``, ``child``), the demo and its figures."""
+"""What users run: the ``syntheticmri`` command line (``cli``; its ``batch`` runs :mod:`SyntheticMRILib.cohort`), long
+work in child processes (``child``, with :mod:`SyntheticMRILib.jobs`), the demo and its figures."""

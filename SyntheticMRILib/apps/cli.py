@@ -20,6 +20,8 @@ from ..io.maps import UNITS, Maps, load_maps
 from ..io.volumes import EXTENSIONS, check_output, check_output_file, check_output_folder, write_volume
 from ..physics.protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
 from ..training.config import VARIANTS, TrainConfig
+from ..cohort.recipe import STORAGES
+from ..cohort.schedulers import LOCAL
 from ..jobs import LEARNED_INDEX, progress_line, write_learned_index, write_structure_volumes
 
 SEQUENCE_CHOICES = sorted(SEQUENCES) + sorted(NULLED_IR)
@@ -57,11 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="a volume file's grid and the protocol it was synthesized with")
     info.add_argument("file", type=Path, help=f"a volume ({', '.join(EXTENSIONS)})")
 
-    batch = commands.add_parser("batch", help="presets for every subject folder of a study (t1/t2/pd maps inside)")
-    batch.add_argument("--input", required=True, type=Path, help="study folder: one sub-folder per subject")
-    batch.add_argument("--preset", action="append", required=True, help="a preset name; repeat for several")
+    batch = commands.add_parser("batch", help="a recipe (presets, protocols, learned contrasts, segmentation) over every "
+                                "subject folder of a study; rerun to finish an interrupted run")
+    batch.add_argument("--input", required=True, type=Path, help="study folder: one sub-folder per subject with t1/t2/pd maps")
+    batch.add_argument("-o", "--output", required=True, type=Path,
+                       help="output folder: <subject>/<output>, status.csv, volumes.csv (with --segment)")
+    batch.add_argument("--preset", action="append", default=[], help="a preset name; repeat for several")
+    batch.add_argument("--protocol", action="append", default=[], metavar="NAME=SEQ,tr=MS,te=MS[,ti=MS,...]",
+                       help="a custom contrast written as NAME.nrrd, e.g. T1w-short=se,tr=450,te=10; repeat for several")
+    batch.add_argument("--learned", action="store_true", help="the model's learned contrasts (learned_<k>_<sequence>.nrrd)")
+    batch.add_argument("--segment", action="store_true", help="segmentation.nrrd and volumes.csv per subject, and one "
+                       "volumes.csv (subject x structure, ml) for the cohort")
+    batch.add_argument("--model", type=Path, help="a model file from train-seg for --learned/--segment (default: the shipped one)")
+    batch.add_argument("--recipe", type=Path, help="a JSON or YAML file with presets, protocols, learned, segment, "
+                       "model, storage (added to the options above)")
+    batch.add_argument("--storage", choices=tuple(STORAGES), help="contrasts as float32 (default) or 12-bit int16 and a scale")
     _units_argument(batch)
-    batch.add_argument("-o", "--output", required=True, type=Path, help="output folder: <subject>/<preset>.nrrd")
+    batch.add_argument("--retry-failed", action="store_true", help="try again the subjects that failed in an earlier run")
+    batch.add_argument("--scheduler", default=LOCAL, metavar="local|ADDRESS",
+                       help="local (default): this machine; or a Dask scheduler's address, e.g. tcp://10.0.0.5:8786")
+    batch.add_argument("--workers", type=int, default=1, help="worker processes of the local scheduler (default 1: no Dask)")
     _output_arguments(batch, progress="SUBJECT")
 
     demo = commands.add_parser("demo", help="every preset on the bundled sample: volumes, a montage PNG, a Slicer scene")
@@ -224,21 +241,50 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(describe(args.file))
 
 
+def _batch_recipe(args: argparse.Namespace):
+    """The recipe of ``--recipe`` (a model path in it is relative to the file) with the command line's steps added."""
+    from ..cohort.recipe import build_recipe, parse_protocol, read_recipe_file
+
+    content = read_recipe_file(args.recipe) if args.recipe else {}
+    protocols = dict(content.get("protocols") or {})
+    for text in args.protocol:
+        name, fields = parse_protocol(text)
+        if name in protocols:
+            raise InputError(f"{name!r} is asked for twice")
+        protocols[name] = fields
+    model = args.model or (args.recipe.parent / content["model"] if content.get("model") else None)
+    return build_recipe([*(content.get("presets") or []), *args.preset], protocols,
+                        learned=args.learned or bool(content.get("learned")), segment=args.segment or bool(content.get("segment")),
+                        model=model, storage=args.storage or content.get("storage", "float32"))
+
+
 def cmd_batch(args: argparse.Namespace) -> None:
-    from .batch import synthesize_subjects
+    from ..cohort.run import run_cohort
 
-    presets = [preset(name) for name in args.preset]
+    recipe = _batch_recipe(args)
+    if args.progress == "lines":
+        report, log = lambda done, total, what: print(progress_line(done, total, what), flush=True), print
+    else:
+        from tqdm import tqdm
 
-    def report(done: int, total: int, subject: str) -> None:
-        print(progress_line(done, total, subject), flush=True)
+        bars = []  # made at the first report: a request refused before any work shows no bar
 
-    failures = synthesize_subjects(
-        args.input, presets, args.output, pick_device(args.device), args.units, args.overwrite,
-        progress=report if args.progress == "lines" else None,
-    )
-    if failures:
-        raise InputError(f"{len(failures)} subject(s) skipped: {', '.join(failures)} (reasons above)")
-    print(f"{len(presets)} contrast(s) per subject written under {args.output}")
+        def report(done: int, total: int, what: str) -> None:
+            if not bars:
+                bars.append(tqdm(total=total, desc="subjects", unit="subject"))
+            bars[0].n = done
+            bars[0].refresh()
+
+        def log(line: str) -> None:
+            (bars[0].write if bars else print)(line)
+
+    result = run_cohort(args.input, recipe, args.output, args.units, args.device, args.overwrite, args.retry_failed,
+                        args.scheduler, args.workers, progress=report, log=log)
+    _close_progress_bars()
+    print(result.summary())
+    print(f"status: {result.status}" + (f"; volumes: {result.volumes}" if result.volumes else ""))
+    if result.failed:
+        raise InputError(f"{len(result.failed)} subject(s) failed: {', '.join(sorted(result.failed))} (see {result.status})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -16,8 +16,10 @@ from typing import Callable, List, Optional, Sequence
 __all__ = ["TORCH_MINIMUM", "EXTRA_REQUIREMENTS", "missing_packages", "requirements", "install_packages"]
 
 TORCH_MINIMUM = (2, 1)
-# tqdm, matplotlib, monai and scipy serve progress bars, figures and the segmenter: installed with the segmenter.
-EXTRA_REQUIREMENTS = {"tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.5", "monai": "monai>=1.3", "scipy": "scipy>=1.9"}
+# tqdm, matplotlib, monai, scipy and distributed serve progress bars, figures, the segmenter and batches on several
+# processes: installed with the segmenter or a batch that needs them.
+EXTRA_REQUIREMENTS = {"tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.5", "monai": "monai>=1.3", "scipy": "scipy>=1.9",
+                      "distributed": "distributed>=2024.1"}
 
 
 def _version_tuple(version: str) -> tuple:

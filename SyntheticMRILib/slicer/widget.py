@@ -103,7 +103,8 @@ class SyntheticMRIWidget(VTKObservationMixin):
         ui.batchPresetList.addItems(list(PRESETS))
         for widget, signal in ((ui.batchInputPathLineEdit, "currentPathChanged(QString)"),
                                (ui.batchOutputPathLineEdit, "currentPathChanged(QString)"),
-                               (ui.batchPresetList, "itemSelectionChanged()")):
+                               (ui.batchPresetList, "itemSelectionChanged()"),
+                               (ui.batchLearnedCheckBox, "toggled(bool)"), (ui.batchSegmentCheckBox, "toggled(bool)")):
             widget.connect(signal, self._updateBatchButtons)
         ui.batchRunButton.connect("clicked(bool)", self.onBatchRun)
         ui.batchCancelButton.connect("clicked(bool)", lambda: self._batchJob and self._batchJob.cancel())
@@ -334,23 +335,30 @@ class SyntheticMRIWidget(VTKObservationMixin):
 
     def _updateBatchButtons(self, *unused) -> None:
         running, (study, output, presets) = self._batchJob is not None, self._batchRequest()
-        self.ui.batchRunButton.enabled = not running and bool(study and output and presets)
+        steps = presets or self.ui.batchLearnedCheckBox.checked or self.ui.batchSegmentCheckBox.checked
+        self.ui.batchRunButton.enabled = not running and bool(study and output and steps)
         self.ui.batchCancelButton.enabled = running
         for widget in (self.ui.batchInputPathLineEdit, self.ui.batchOutputPathLineEdit, self.ui.batchPresetList,
-                       self.ui.batchOverwriteCheckBox):
+                       self.ui.batchLearnedCheckBox, self.ui.batchSegmentCheckBox, self.ui.batchWorkersSpinBox,
+                       self.ui.batchRetryCheckBox, self.ui.batchOverwriteCheckBox):
             widget.enabled = not running
 
     def onBatchRun(self) -> None:
-        """The selected presets for every subject, in a PythonSlicer process reporting on stdout; nothing waits."""
-        if self._batchJob is not None or not self.logic.ensureDependencies():
+        """The chosen contrasts and steps for every subject, in a PythonSlicer process (and its workers) reporting on
+        stdout; nothing waits. Running it again into the same folder finishes an interrupted run."""
+        ui = self.ui
+        extras = ui.batchLearnedCheckBox.checked or ui.batchSegmentCheckBox.checked or ui.batchWorkersSpinBox.value > 1
+        if self._batchJob is not None or not self.logic.ensureDependencies(extras=extras):
             return
         from .. import jobs
 
         p, (study, output, presets) = self._parameterNode, self._batchRequest()
         argv = jobs.batch_command(jobs.slicer_python(), study, presets, output, units=p.units, device=p.device,
-                                  overwrite=self.ui.batchOverwriteCheckBox.checked)
-        describe = lambda done, total, subject: _("{subject} ({number} of {total})").format(
-            subject=subject, number=done + 1, total=total) if subject else ""
+                                  overwrite=ui.batchOverwriteCheckBox.checked, learned=ui.batchLearnedCheckBox.checked,
+                                  segment=ui.batchSegmentCheckBox.checked, retry_failed=ui.batchRetryCheckBox.checked,
+                                  workers=int(ui.batchWorkersSpinBox.value))
+        describe = lambda done, total, last: _("{done} of {total} subjects done").format(done=done, total=total) + (
+            _("; last: {last}").format(last=last) if last else "")
         self._batchJob = ChildJob(argv, self.ui.batchProgressBar, self.ui.batchStatusLabel,
                                   lambda *result: self._onBatchFinished(output, *result), describe)
         self._updateBatchButtons()
@@ -364,7 +372,7 @@ class SyntheticMRIWidget(VTKObservationMixin):
             status = _("Done: written under {output}.").format(output=output)
         elif cancelled:
             jobs.remove_partial_files(output)  # left only where the child was killed while writing
-            status = _("Cancelled: the volumes written so far are complete.")
+            status = _("Cancelled: the outputs written so far are complete; Run batch finishes the rest.")
         else:
             status = "\n".join([_("Failed: {error}").format(error=error)] + messages)
         self.ui.batchStatusLabel.text = status
