@@ -221,6 +221,35 @@ def test_dask_workers_make_the_same_bytes_as_the_plain_loop_and_a_bad_subject_st
 
 
 @POSIX
+def test_a_worker_killed_mid_run_loses_only_its_subject_and_a_rerun_completes_the_cohort(big_study, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    argv = ["batch", "--input", str(big_study), "--preset", "T1w", "--preset", "T2w", "--device", "cpu",
+            "--progress", "lines"]
+    child = subprocess.Popen([sys.executable, "-m", "SyntheticMRILib.apps.cli", *argv, "-o", str(out), "--workers", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_environment())
+    for line in child.stdout:
+        progress = parse_progress(line.decode())
+        if progress and progress[0] >= 2:
+            break
+    workers = [p for p in psutil.Process(child.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2 and progress[0] < progress[1], "the batch had finished: make the study bigger"
+    workers[0].kill()
+    child.stdout.read()
+    assert child.wait(120) in (0, 2)  # Dask retried the lost subject on a worker, or reported it lost
+    assert main([*argv, "-o", str(out)]) == 0  # a rerun completes whatever is left
+    assert main([*argv, "-o", str(reference)]) == 0
+    assert outputs(out) == outputs(reference)
+
+
+def test_the_model_is_loaded_once_per_worker_process():
+    from SyntheticMRILib.models.segmenter import default_model_path
+
+    first = subject_module._model(str(default_model_path()), "cpu")
+    assert subject_module._model(str(default_model_path()), "cpu") is first
+
+
+@POSIX
 def test_cancel_ends_the_dask_workers_through_the_stdin_lifeline(big_study, tmp_path):
     """What the module's Cancel does: close the child's stdin; the child closes its cluster, no process is left."""
     argv = [sys.executable, "-m", CHILD_MODULE, *batch_argv(big_study, tmp_path / "out", "--workers", "2")]

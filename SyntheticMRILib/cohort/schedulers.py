@@ -49,13 +49,18 @@ def open_scheduler(scheduler: str = LOCAL, workers: int = 1) -> Iterator[Optiona
     if not check_scheduler(scheduler, workers):
         yield None
         return
+    import dask
     from distributed import Client, LocalCluster
 
     cluster = None
     try:
         if scheduler == LOCAL:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
+            # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns glibc's adaptive mmap threshold off: every
+            # whole-volume array is then mapped and unmapped afresh (measured here: 2.7x the system time, +48 % wall
+            # time per subject). Unset, the workers allocate as this process does.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.ERROR)
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout="5s")
