@@ -80,6 +80,9 @@ def test_a_recipe_file_json_or_yaml_adds_to_the_command_line(tmp_path):
     ([], "nothing to make"),
     (["--preset", "T1w", "--model", "m.pt"], "--model is for"),
     (["--preset", "T1w", "--workers", "0"], "at least 1"),
+    (["--protocol", "learned=se,tr=450,te=10", "--learned"], "file name"),
+    (["--preset", "T1w", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "its own workers"),
+    (["--preset", "T1w", "--scheduler", "foo"], "no Dask scheduler at foo"),
 ])
 def test_bad_requests_are_one_line_errors_with_nothing_written(tmp_path, capsys, args, message):
     study = _study(tmp_path / "study", seeds=[1])
@@ -132,3 +135,35 @@ def test_outputs_that_no_run_made_are_refused_unless_overwrite(tmp_path, capsys)
     assert _files(out) == ["sub-01/T1w.nrrd"]  # nothing written
     assert main(["batch", "--input", str(study), "--preset", "T1w", "-o", str(out), "--overwrite"]) == 0
     assert read_volume(out / "sub-01" / "T1w.nrrd").same_grid(read_volume(study / "sub-01" / "t1.nii.gz"), tolerance=1e-6)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"presets": "T1w"}', "presets must be a list"),
+    ('{"protocols": ["a"]}', "protocols must be a mapping"),
+    ('{"protocols": {"a": {"sequence": "se", "tr": "abc", "te": 10}}}', "are numbers"),
+    ('{"storage": ["x"]}', "storage must be"),
+    ('{"presets": ["T1w"], "learned": "false"}', "learned must be true or false"),
+    ('{"presets": ["T1w"], "model": 5}', "model must be a file path"),
+    ('{"presets": ["T1w"], "colour": 1}', "unknown recipe keys"),
+    ('presets: [T1w', "not valid"),
+])
+def test_a_malformed_recipe_is_one_line_error_with_nothing_written(tmp_path, capsys, content, message):
+    study = _study(tmp_path / "study", seeds=[1])
+    recipe = tmp_path / ("r.yaml" if content.startswith("presets:") else "r.json")
+    recipe.write_text(content)
+    assert main(["batch", "--input", str(study), "-o", str(tmp_path / "out"), "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_is_a_file_or_holds_a_users_tables_is_refused(tmp_path, capsys):
+    study = _study(tmp_path / "study", seeds=[1])
+    (tmp_path / "file").write_text("x")
+    assert main(["batch", "--input", str(study), "-o", str(tmp_path / "file"), "--preset", "T1w"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "status.csv").write_text("a user's table")
+    assert main(["batch", "--input", str(study), "-o", str(tmp_path / "out"), "--preset", "T1w"]) == 2
+    assert "no run made it" in capsys.readouterr().err
+    assert _files(tmp_path / "out") == ["status.csv"]

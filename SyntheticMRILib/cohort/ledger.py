@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..errors import InputError
 from ..io.volumes import PARTIAL_PREFIX, PathLike
 from ..resources import sha256
 
@@ -33,8 +34,10 @@ __all__ = ["LEDGER", "STATUS_FILE", "STATUS_COLUMNS", "DONE", "FAILED", "PENDING
 LEDGER, STATUS_FILE = ".syntheticmri", "status.csv"
 STATUS_COLUMNS = ("subject", "step", "output", "state", "error", "seconds", "version", "sha256")
 DONE, FAILED, PENDING = "done", "failed", "pending"  # PENDING: requested, not (yet) made; only in status.csv
-# What a rerun finds for one output (Entry.verdict):
-NEW, MISSING, CORRUPT, STALE, FOREIGN = "new", "missing", "corrupt", "stale", "foreign"
+# What a rerun finds for one output (Entry.verdict). OUTDATED: made under an earlier definition of its step, which
+# the run's request check has already accepted (an --overwrite run that was stopped): made again. STALE: made from
+# other maps: refused until --overwrite.
+NEW, MISSING, CORRUPT, OUTDATED, STALE, FOREIGN = "new", "missing", "corrupt", "outdated", "stale", "foreign"
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
@@ -65,11 +68,14 @@ class Entry:
     version: str = ""
 
     def verdict(self, path: Path, key: str, maps: str) -> str:
-        """DONE, FAILED, STALE (made by another request or from other maps), MISSING or CORRUPT."""
+        """DONE, FAILED, STALE (made from other maps), OUTDATED (by another definition of its step), MISSING or
+        CORRUPT."""
         if self.state == FAILED:
             return FAILED
-        if self.key != key or self.maps != maps:
+        if self.maps != maps:
             return STALE
+        if self.key != key:
+            return OUTDATED
         if not path.is_file():
             return MISSING
         if path.stat().st_size != self.bytes or sha256(path) != self.sha256:
@@ -109,7 +115,15 @@ class SubjectRecord:
 def read_request(output: PathLike) -> Dict[str, dict]:
     """The steps recorded in ``OUT/.syntheticmri/request.json``: name -> {key, definition, files}."""
     path = Path(output) / LEDGER / "request.json"
-    return json.loads(path.read_text(encoding="utf-8"))["steps"] if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        steps = json.loads(path.read_text(encoding="utf-8"))["steps"]
+        if isinstance(steps, dict) and all(isinstance(s, dict) and "key" in s for s in steps.values()):
+            return steps
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise InputError(f"{path}: unreadable (edited by hand?); restore it, or write to another folder")
 
 
 def write_request(output: PathLike, steps: Mapping[str, dict]) -> None:

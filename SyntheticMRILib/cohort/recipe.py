@@ -37,8 +37,10 @@ __all__ = ["Step", "Recipe", "STORAGES", "SEGMENTATION", "SUBJECT_VOLUMES", "par
 STORAGES = {"float32": None, "int16": COMPACT_BITS}  # --storage -> bits of write_volume
 SEGMENTATION, SUBJECT_VOLUMES = "segmentation.nrrd", "volumes.csv"  # the segment step's files in a subject's folder
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # a contrast's name is its file's stem: no paths
-_RESERVED = ("segmentation", "volumes", "learned_")
-_KEYS = {"presets", "protocols", "learned", "segment", "model", "storage"}
+_RESERVED = ("segmentation", "volumes", "learned_")  # prefixes of the other steps' files
+_STEP_NAMES = ("learned", "segment")  # the names of the other steps
+_KEYS = {"presets": "a list of preset names", "protocols": "a mapping: name -> {sequence: ..., tr: ..., te: ...}",
+         "learned": "true or false", "segment": "true or false", "model": "a file path", "storage": "float32 or int16"}
 
 
 def _key(definition: Mapping[str, Any]) -> str:
@@ -113,16 +115,23 @@ def read_recipe_file(path: PathLike) -> Dict[str, Any]:
     except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
         line = (str(error).splitlines() or [""])[0]
         raise InputError(f"{path}: not valid {'YAML' if is_yaml else 'JSON'} ({line})") from None
-    if not isinstance(content, dict) or not set(content) <= _KEYS:
-        unknown = sorted(set(content) - _KEYS) if isinstance(content, dict) else "not a mapping"
+    if not isinstance(content, dict) or not set(content) <= set(_KEYS):
+        unknown = sorted(set(content) - set(_KEYS)) if isinstance(content, dict) else "not a mapping"
         raise InputError(f"{path}: unknown recipe keys {unknown}; use {sorted(_KEYS)}")
+    kinds = {"presets": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+             "protocols": lambda v: isinstance(v, dict) and all(isinstance(f, dict) for f in v.values()),
+             "learned": lambda v: isinstance(v, bool), "segment": lambda v: isinstance(v, bool),
+             "model": lambda v: isinstance(v, str), "storage": lambda v: isinstance(v, str)}
+    for key, value in content.items():
+        if not kinds[key](value):
+            raise InputError(f"{path}: {key} must be {_KEYS[key]}, not {value!r}")
     return content
 
 
 def _check_name(name: str, taken: Sequence[str]) -> str:
-    if not _NAME.fullmatch(name) or name.lower().startswith(_RESERVED):
-        raise InputError(f"{name!r}: a contrast's name is its file name: letters, digits, . _ + -, "
-                         f"not starting with {', '.join(_RESERVED)}")
+    if not _NAME.fullmatch(str(name)) or name.lower().startswith(_RESERVED) or name.lower() in _STEP_NAMES:
+        raise InputError(f"{name!r}: a contrast's name is its file name: letters, digits, . _ + -, not "
+                         f"{' or '.join(_STEP_NAMES)} and not starting with {', '.join(_RESERVED)}")
     if name.lower() in (t.lower() for t in taken):
         raise InputError(f"{name!r} is asked for twice")
     return name
@@ -170,6 +179,8 @@ def build_recipe(
                              "and only tr, te, ti, ti2, flip")
         if "tr" not in fields or "te" not in fields:
             raise InputError(f"protocol {name!r}: needs tr and te (ms)")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fields.values()):
+            raise InputError(f"protocol {name!r}: tr, te, ti, ti2 and flip are numbers (ms, degrees)")
         protocol = protocol_from_args(sequence, fields["tr"], fields["te"], fields.get("ti"), fields.get("ti2"),
                                       fields.get("flip"))
         provenance = Provenance.of_arguments(protocol, sequence, fields.get("ti"))

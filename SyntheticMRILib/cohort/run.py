@@ -88,9 +88,11 @@ def _check_request(output: Path, recipe: Recipe, overwrite: bool) -> List[str]:
 
 def _check_foreign(output: Path, subjects: List[Path], recipe: Recipe, overwrite: bool) -> None:
     """Refuse output files that exist and that no run recorded (a user's, or an older tool's)."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: not a folder")
     if overwrite or not output.is_dir():
         return
-    foreign = []
+    foreign = [] if (output / LEDGER).is_dir() else [p for p in (output / STATUS_FILE, output / COHORT_VOLUMES) if p.exists()]
     for folder in subjects:
         entries = SubjectRecord.load(output, folder.name).entries
         foreign += [output / folder.name / name for _, name in recipe.files()
@@ -102,14 +104,24 @@ def _check_foreign(output: Path, subjects: List[Path], recipe: Recipe, overwrite
 
 @contextmanager
 def _lock(output: Path) -> Iterator[None]:
-    """One run at a time per output folder; a lock left by a killed run (dead process) is taken over."""
+    """One run at a time per output folder (created atomically); the lock of a run killed on this machine (its
+    process is gone) is taken over, one from another machine is not (its process cannot be checked from here)."""
     path = output / LEDGER / "lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        host, _, pid = path.read_text().partition(" ")
-        if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
-            raise InputError(f"{output}: another batch (process {pid}) is writing there; wait for it or stop it")
-    path.write_text(f"{socket.gethostname()} {os.getpid()}")
+    for attempt in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ")
+            if host != socket.gethostname():
+                raise InputError(f"{output}: a batch on {host} holds {path}; delete that file if it is no longer "
+                                 "running") from None
+            if attempt or (pid.isdigit() and _alive(int(pid))):
+                raise InputError(f"{output}: another batch (process {pid}) is writing there; wait for it or stop it") from None
+            path.unlink(missing_ok=True)  # its process is gone
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"{socket.gethostname()} {os.getpid()}")
     try:
         yield
     finally:
@@ -141,7 +153,9 @@ def _write_cohort_volumes(output: Path, subjects: List[str]) -> Optional[Path]:
 
 
 def _lost(task: SubjectTask, error: BaseException) -> SubjectResult:
-    names = [name for _, name in task.recipe.files()]
+    """What a subject whose worker died left unfinished (its finished outputs are recorded and stay)."""
+    entries = SubjectRecord.load(task.output, task.subject).entries
+    names = [name for _, name in task.recipe.files() if getattr(entries.get(name), "state", "") != DONE]
     return SubjectResult(task.subject, failed=names, error=f"its worker was lost ({type(error).__name__}); rerun to finish it")
 
 

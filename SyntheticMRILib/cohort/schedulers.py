@@ -15,6 +15,7 @@ closes a local cluster, which ends its worker processes.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
@@ -31,13 +32,14 @@ def check_scheduler(scheduler: str, workers: int) -> bool:
     """Whether ``scheduler``/``workers`` need Dask; an :class:`InputError` if they cannot be (before any work)."""
     if workers < 1:
         raise InputError(f"--workers {workers}: needs at least 1")
+    if scheduler != LOCAL and workers != 1:
+        raise InputError("--workers is for the local scheduler; a cluster at --scheduler ADDRESS has its own workers")
     if scheduler == LOCAL and workers == 1:
         return False
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise InputError("--workers N and --scheduler ADDRESS need dask.distributed: "
-                         "pip install 'SyntheticMRILib[cluster]'") from None
+        raise InputError("--workers N and --scheduler ADDRESS need dask.distributed: pip install distributed") from None
     return True
 
 
@@ -64,7 +66,7 @@ def open_scheduler(scheduler: str = LOCAL, workers: int = 1) -> Iterator[Optiona
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout="5s")
-    except OSError as error:  # distributed's timeouts and refused connections are OSErrors
+    except (OSError, ValueError, asyncio.TimeoutError) as error:  # refused, timed out (an OSError from Python 3.11), malformed
         if cluster is not None:
             cluster.close()
         raise InputError(f"no Dask scheduler at {scheduler} ({type(error).__name__})") from None

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..io.maps import MAP_NAMES
 from ..io.volumes import EXTENSIONS, PARTIAL_PREFIX, PathLike
 from ..resources import sha256
-from .ledger import CORRUPT, DONE, FAILED, FOREIGN, MISSING, NEW, STALE, Entry, SubjectRecord
+from .ledger import CORRUPT, DONE, FAILED, FOREIGN, MISSING, NEW, OUTDATED, STALE, Entry, SubjectRecord
 from .recipe import Recipe, Step
 
 __all__ = ["SubjectTask", "SubjectResult", "find_subjects", "map_files", "run_subject"]
@@ -156,10 +156,10 @@ def run_subject(task: SubjectTask) -> SubjectResult:
         maps_key = _maps_key(files)
         for step, name in requested:
             verdict = record.verdict(name, folder, step.key, maps_key)
-            if task.overwrite or verdict in (NEW, MISSING, CORRUPT, FAILED):
+            if task.overwrite or verdict in (NEW, MISSING, CORRUPT, OUTDATED, FAILED):
                 todo.append((step, name, verdict))
             elif verdict == STALE:
-                raise _Refused(f"{name} was made from other maps or by another request; --overwrite remakes it")
+                raise _Refused(f"{name} was made from other maps (they changed since); --overwrite remakes it")
             elif verdict == FOREIGN:
                 raise _Refused(f"{folder / name} exists and no run made it; --overwrite replaces it")
             else:
@@ -177,7 +177,7 @@ def run_subject(task: SubjectTask) -> SubjectResult:
                 for name, write in _outputs(step, maps, device, wanted, task.recipe.model).items():
                     _commit(record, folder, name, write, step, maps_key)
                     verdict = next(v for s, n, v in todo if n == name)
-                    (result.remade if verdict in (MISSING, CORRUPT) else result.made).append(name)
+                    (result.remade if verdict in (MISSING, CORRUPT, OUTDATED) else result.made).append(name)
     except Exception as error:  # noqa: BLE001 -- any failure is this subject's, recorded, never the cohort's
         result.error = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
         done = set(result.kept) | set(result.made) | set(result.remade)
