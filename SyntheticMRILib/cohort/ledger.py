@@ -19,17 +19,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import InputError
-from ..io.volumes import PARTIAL_PREFIX, PathLike
+from ..io.volumes import PathLike, write_atomic
 from ..resources import sha256
 
 __all__ = ["LEDGER", "STATUS_FILE", "STATUS_COLUMNS", "DONE", "FAILED", "PENDING", "Entry", "SubjectRecord",
-           "read_request", "write_request", "write_text_atomic", "status_rows", "write_status"]
+           "read_request", "write_request", "status_rows", "write_status"]
 
 LEDGER, STATUS_FILE = ".syntheticmri", "status.csv"
 STATUS_COLUMNS = ("subject", "step", "output", "state", "error", "seconds", "version", "sha256")
@@ -38,19 +37,6 @@ DONE, FAILED, PENDING = "done", "failed", "pending"  # PENDING: requested, not (
 # the run's request check has already accepted (an --overwrite run that was stopped): made again. STALE: made from
 # other maps: refused until --overwrite.
 NEW, MISSING, CORRUPT, OUTDATED, STALE, FOREIGN = "new", "missing", "corrupt", "outdated", "stale", "foreign"
-
-
-def write_text_atomic(path: PathLike, text: str) -> Path:
-    """``text`` into ``path`` through a temporary file and a rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 @dataclass
@@ -109,7 +95,7 @@ class SubjectRecord:
 
     def save(self) -> None:
         outputs = {name: asdict(entry) for name, entry in sorted(self.entries.items())}
-        write_text_atomic(self.path, json.dumps({"outputs": outputs}, indent=1))
+        write_atomic(self.path, json.dumps({"outputs": outputs}, indent=1))
 
 
 def read_request(output: PathLike) -> Dict[str, dict]:
@@ -127,16 +113,16 @@ def read_request(output: PathLike) -> Dict[str, dict]:
 
 
 def write_request(output: PathLike, steps: Mapping[str, dict]) -> None:
-    write_text_atomic(Path(output) / LEDGER / "request.json", json.dumps({"steps": dict(sorted(steps.items()))}, indent=1))
+    write_atomic(Path(output) / LEDGER / "request.json", json.dumps({"steps": dict(sorted(steps.items()))}, indent=1))
 
 
-def status_rows(output: PathLike, subjects: Sequence[str], requested: Sequence[tuple],
+def status_rows(records: Mapping[str, SubjectRecord], requested: Sequence[tuple],
                 failed: Optional[Mapping[str, tuple]] = None) -> List[dict]:
-    """One row per subject and requested (step name, file): its recorded entry, or PENDING; ``failed`` (subject ->
-    (files, error)) overrides it with this run's failures that are not recorded (refusals, lost workers)."""
+    """One row per subject (``records``: subject -> its record, in table order) and requested (step name, file): its
+    recorded entry, or PENDING; ``failed`` (subject -> (files, error)) overrides it with this run's failures that are
+    not recorded (refusals, lost workers)."""
     rows, failed = [], failed or {}
-    for subject in subjects:
-        record = SubjectRecord.load(output, subject)
+    for subject, record in records.items():
         files, error = failed.get(subject, ((), ""))
         for step, name in requested:
             entry = record.entries.get(name)
@@ -161,4 +147,4 @@ def _csv(rows: Iterable[Mapping], columns: Sequence[str]) -> str:
 
 def write_status(output: PathLike, rows: Sequence[Mapping]) -> Path:
     """``OUT/status.csv`` (:data:`STATUS_COLUMNS`)."""
-    return write_text_atomic(Path(output) / STATUS_FILE, _csv(rows, STATUS_COLUMNS))
+    return write_atomic(Path(output) / STATUS_FILE, _csv(rows, STATUS_COLUMNS))

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 from ..errors import InputError
-from ..io.volumes import PathLike
+from ..io.volumes import PathLike, write_atomic
 from ..jobs import read_structure_volumes, remove_partial_files
-from .ledger import (DONE, LEDGER, STATUS_FILE, SubjectRecord, read_request, status_rows, write_request,
-                     write_status, write_text_atomic)
+from .ledger import DONE, LEDGER, STATUS_FILE, SubjectRecord, read_request, status_rows, write_request, write_status
 from .recipe import SUBJECT_VOLUMES, Recipe
 from .schedulers import LOCAL, check_scheduler, open_scheduler, run_tasks
 from .subject import SubjectResult, SubjectTask, find_subjects, run_subject
@@ -138,18 +137,18 @@ def _alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
-def _write_cohort_volumes(output: Path, subjects: List[str]) -> Optional[Path]:
+def _write_cohort_volumes(output: Path, records: Dict[str, SubjectRecord]) -> Optional[Path]:
     """``OUT/volumes.csv``: one row per segmented subject, one column per structure (ml)."""
     rows, names = [], None
-    for subject in subjects:
-        entry = SubjectRecord.load(output, subject).entries.get(SUBJECT_VOLUMES)
+    for subject, record in records.items():
+        entry = record.entries.get(SUBJECT_VOLUMES)
         if entry is not None and entry.state == DONE and (output / subject / SUBJECT_VOLUMES).is_file():
             volumes = read_structure_volumes(output / subject / SUBJECT_VOLUMES)
             names = names or list(volumes)
             rows.append(",".join([subject] + [f"{volumes[name]:.3f}" for name in names]))
     if not rows:
         return None
-    return write_text_atomic(output / COHORT_VOLUMES, "\n".join([",".join(["subject"] + names)] + rows) + "\n")
+    return write_atomic(output / COHORT_VOLUMES, "\n".join([",".join(["subject"] + names)] + rows) + "\n")
 
 
 def _lost(task: SubjectTask, error: BaseException) -> SubjectResult:
@@ -224,9 +223,9 @@ def run_cohort(
             if progress is not None:
                 rate = throughput(done, len(tasks), time.perf_counter() - start)
                 progress(done, len(tasks), f"{result.subject} ({rate})" if rate else result.subject)
-        names = [folder.name for folder in subjects]
-        report.status = write_status(output, status_rows(output, names, [(s.name, f) for s, f in recipe.files()], failed))
+        records = {folder.name: SubjectRecord.load(output, folder.name) for folder in subjects}  # read once, for both
+        report.status = write_status(output, status_rows(records, [(s.name, f) for s, f in recipe.files()], failed))
         if any(step.kind == "segment" for step in recipe.steps):
-            report.volumes = _write_cohort_volumes(output, names)
+            report.volumes = _write_cohort_volumes(output, records)
     report.seconds = time.perf_counter() - start
     return report

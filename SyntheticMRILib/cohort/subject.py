@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 from .. import __version__
 from ..errors import InputError
 from ..io.maps import MAP_NAMES
-from ..io.volumes import EXTENSIONS, PARTIAL_PREFIX, PathLike
+from ..io.volumes import EXTENSIONS, PathLike, partial_path
 from ..resources import sha256
 from .ledger import CORRUPT, DONE, FAILED, FOREIGN, MISSING, NEW, OUTDATED, STALE, Entry, SubjectRecord
 from .recipe import Recipe, Step
@@ -125,7 +125,7 @@ def _commit(record: SubjectRecord, folder: Path, name: str, write: Callable[[Pat
     """Write ``name`` under a temporary name, record its sha256, then rename it into place (see :mod:`.ledger`)."""
     start = time.perf_counter()
     final = folder / name
-    temporary = final.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{name}")
+    temporary = partial_path(final)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         write(temporary)

