@@ -23,6 +23,7 @@ from ..training.config import VARIANTS, TrainConfig
 from ..cohort.recipe import STORAGES
 from ..cohort.schedulers import LOCAL
 from ..jobs import LEARNED_INDEX, progress_line, write_learned_index, write_structure_volumes
+from ..web.session import DEFAULT_UPLOAD_MB
 
 SEQUENCE_CHOICES = sorted(SEQUENCES) + sorted(NULLED_IR)
 
@@ -127,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the crops, noise and initial weights")
     train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
     _device_argument(train)
+
+    web = commands.add_parser("web", help="the app in a browser (trame-slicer): sample or uploaded maps, sliders, "
+                                          "segmentation, learned contrasts, downloads; needs SyntheticMRILib[web]")
+    web.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 serves the network, "
+                          "without authentication)")
+    web.add_argument("--data", type=Path, help="a folder of maps (t1, t2, pd) or a study of such folders, offered in the page")
+    web.add_argument("--max-upload-mb", type=float, default=DEFAULT_UPLOAD_MB, help="largest upload accepted, MiB")
+    web.add_argument("--open", action="store_true", help="open the page in this machine's browser")
     return parser
 
 
@@ -389,8 +400,14 @@ def cmd_train_seg(args: argparse.Namespace) -> None:
     train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
 
 
+def cmd_web(args: argparse.Namespace) -> None:
+    from ..web.serve import serve
+
+    serve(args.port, args.host, None if args.data is None else str(args.data), args.max_upload_mb, args.open)
+
+
 COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,
-            "segment": cmd_segment, "contrast": cmd_contrast}
+            "segment": cmd_segment, "contrast": cmd_contrast, "web": cmd_web}
 
 
 def _close_progress_bars() -> None:

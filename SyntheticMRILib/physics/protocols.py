@@ -28,7 +28,7 @@ __all__ = [
     "Protocol", "SEQUENCES", "PARAMETERS", "RANGES", "MINIMA", "minimum", "ORDER", "GAP_MS", "LEARNABLE_RANGES",
     "NULLED_IR", "Preset",
     "PRESETS", "preset", "protocol_from_args", "parameter_bounds", "clamp_parameters", "protocol_from_values",
-    "preset_values", "contrast_description",
+    "preset_values", "START_CONTRAST", "start_values", "contrast_description",
 ]
 
 
@@ -416,6 +416,15 @@ def preset(name: str) -> Preset:
 def preset_values(name: str) -> Dict[str, float]:
     """The parameter values of a preset (case-insensitive name): TR, TE and those its sequence takes."""
     return {key: float(value) for key, value in preset(name).protocol.values().items()}
+
+
+START_CONTRAST = "T2-FLAIR"  # what the GUIs (Slicer module, web app) open on
+
+
+def start_values() -> Dict[str, float]:
+    """Every GUI parameter's first value: the :data:`START_CONTRAST` preset, and TI2 and the flip angle from the
+    presets that take them (DIR, T1w-GRE), so that switching to a custom DIR or GRE starts somewhere sensible."""
+    return {**preset_values("DIR"), **preset_values("T1w-GRE"), **preset_values(START_CONTRAST)}
 
 
 def contrast_description(name: str) -> str:

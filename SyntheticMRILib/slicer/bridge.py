@@ -58,7 +58,8 @@ __all__ = [
     "labels_from_segmentation", "save_scene", "load_scene", "write_scene_mrb", "load_sample",
     "create_scene", "label_table", "segment_tag", "LabelEntry", "node_stamps", "world_to_ijk", "slice_to_ras",
     "slice_nodes_showing", "update_visible_slices", "volumes_table", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
-    "SCALE_ATTRIBUTE",
+    "SCALE_ATTRIBUTE", "QuietVTK", "empty_volume_node", "remove_nodes", "rewindow", "show_slices_in_3d",
+    "structure_rows", "contrast_provenance",
 ]
 
 # Attributes of a synthetic contrast's node: its provenance, the keys and format of io.provenance, the same as a
@@ -83,7 +84,7 @@ _HEADLESS: Dict[str, tuple] = {}
 
 
 # ----------------------------------------------------------------------------- scenes
-class _QuietVTK:
+class QuietVTK:
     """Silence VTK error/warning output for a block (VTK macros check the global flag)."""
 
     def __enter__(self) -> None:
@@ -141,7 +142,7 @@ def create_scene() -> slicer.vtkMRMLScene:
                         ("Terminologies", slicer.vtkSlicerTerminologiesModuleLogic)):
         logic = cls()
         logic.SetMRMLApplicationLogic(app)
-        with _QuietVTK():  # the terminologies logic looks for Slicer's own .term.json files; slicer-core has none
+        with QuietVTK():  # the terminologies logic looks for Slicer's own .term.json files; slicer-core has none
             logic.SetMRMLScene(scene)
         app.SetModuleLogic(module, logic)
         logics.append(logic)
@@ -587,6 +588,19 @@ def volumes_table(volumes_ml: Mapping[str, float], name: str = "Structure volume
     return node
 
 
+def structure_rows(segmentation_node: slicer.vtkMRMLSegmentationNode,
+                   table_node: slicer.vtkMRMLTableNode) -> List[Dict[str, object]]:
+    """One row per structure of a :func:`volumes_table`: ``name``, ``ml`` and the segment's ``colour`` (#rrggbb)."""
+    segmentation = segmentation_node.GetSegmentation()
+    colours = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        colours[segment.GetName()] = "#" + "".join(f"{round(255 * c):02x}" for c in segment.GetColor())
+    names = [table_node.GetCellText(row, 0) for row in range(table_node.GetNumberOfRows())]
+    return [dict(name=name, ml=float(table_node.GetCellText(row, 2)), colour=colours.get(name, "#808080"))
+            for row, name in enumerate(names)]
+
+
 def _join_subject_hierarchy_folder(node: slicer.vtkMRMLNode, reference_node: slicer.vtkMRMLNode) -> None:
     """Put ``node`` in the same subject-hierarchy folder (patient/study) as ``reference_node``."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
@@ -659,6 +673,39 @@ def labels_from_segmentation(segmentation_node: slicer.vtkMRMLSegmentationNode,
     return reference.with_array(_array_from_image(merged).astype(dtype))
 
 
+# ----------------------------------------------------------------------------- nodes of an application's scene
+def empty_volume_node(scene: slicer.vtkMRMLScene, name: str) -> slicer.vtkMRMLScalarVolumeNode:
+    """A scalar volume node without voxels, for :func:`node_from_contrast` to fill (it then follows the contrast's name)."""
+    return scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+
+
+def remove_nodes(nodes: Sequence[Optional[slicer.vtkMRMLNode]]) -> None:
+    """Take nodes (and their display and storage nodes) out of their scenes; None and removed nodes are skipped."""
+    for node in nodes:
+        if node is not None and node.GetScene() is not None:
+            node.GetScene().RemoveNode(node)
+
+
+def rewindow(node: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """Window/level the volume once, over its current voxels, and keep that window (a new contrast's range)."""
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.AutoWindowLevelOn()
+        display.AutoWindowLevelOff()
+
+
+def show_slices_in_3d(scene: slicer.vtkMRMLScene) -> None:
+    """The slice views' planes in the 3-D views, as Slicer's eye button on each view does."""
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    for index in range(nodes.GetNumberOfItems()):
+        nodes.GetItemAsObject(index).SetSliceVisible(True)
+
+
+def contrast_provenance(node: slicer.vtkMRMLScalarVolumeNode) -> Optional[Provenance]:
+    """The provenance :func:`node_from_contrast` stored on ``node``, or None for a volume it did not make."""
+    return Provenance.from_fields({key: node.GetAttribute(key) for key in PROVENANCE_KEYS if node.GetAttribute(key) is not None})
+
+
 # ----------------------------------------------------------------------------- scene files
 def _check_mrb(path: PathLike) -> Path:
     path = Path(path)
@@ -692,8 +739,9 @@ def save_scene(path: PathLike, scene: Optional[slicer.vtkMRMLScene] = None) -> P
             # Slicer >= 5.7 would otherwise flip a left-handed grid on reload (same anatomy, other
             # voxel order); this keeps the grid the volume was computed on.
             storage.SetForceRightHandedIJKCoordinateSystem(False)
-    messages = _messages()
-    written = scene.WriteToMRB(str(path), None, messages) if messages is not None else scene.WriteToMRB(str(path))
+    messages = _messages()  # what goes wrong is collected here; VTK's own chatter (a line per zipped file) is not shown
+    with QuietVTK():
+        written = scene.WriteToMRB(str(path), None, messages) if messages is not None else scene.WriteToMRB(str(path))
     if not written:
         raise InputError(f"{path}: could not be written ({_text(messages)})")
     return path

@@ -176,14 +176,15 @@ class SyntheticMRILogic:
         segmentation = bridge.segmentation_from_labels(labels, referenceNode, "Subcortical segmentation")
         return segmentation, bridge.volumes_table(volumesMl, "Subcortical volumes (ml)", segmentation.GetScene())
 
-    def loadLearnedContrasts(self, folder: str) -> list:
-        """The ``contrast --learned`` results of ``folder`` as volume nodes that carry their protocols."""
+    def loadLearnedContrasts(self, folder: str, scene=None) -> list:
+        """The ``contrast --learned`` results of ``folder`` as volume nodes that carry their protocols, in ``scene``
+        (default: Slicer's)."""
         from ..io.volumes import read_volume
 
         nodes = []
         for k, (path, protocol) in enumerate(jobs.read_learned_index(Path(folder) / jobs.LEARNED_FOLDER)):
             name = f"Learned contrast {k + 1} ({protocol.sequence.upper()} {protocol.caption()})"
-            nodes.append(_bridge().node_from_contrast(read_volume(path), protocol, name=name))
+            nodes.append(_bridge().node_from_contrast(read_volume(path), protocol, name=name, scene=scene))
         return nodes
 
     @staticmethod

@@ -30,7 +30,8 @@ from slicer.util import VTKObservationMixin
 
 from ..devices import DEVICES
 from ..io.maps import UNITS
-from ..physics.protocols import PARAMETERS, PRESETS, RANGES, SEQUENCES, clamp_parameters, parameter_bounds, preset_values
+from ..physics.protocols import (PARAMETERS, PRESETS, RANGES, SEQUENCES, START_CONTRAST, clamp_parameters,
+                                 parameter_bounds, preset_values, start_values)
 from .logic import CONTRASTS, PROTOCOL_ATTRIBUTE, custom_contrast_of, sequence_of
 from .process import ChildJob
 
@@ -40,18 +41,18 @@ __all__ = ["SyntheticMRIParameterNode", "SyntheticMRIWidget", "BINDINGS", "SLIDE
 @parameterNodeWrapper
 class SyntheticMRIParameterNode:
     """The module's state, saved with the scene: times in ms, flip angle in degrees, ``ti2`` the shorter inversion
-    time of double IR and dSIR. The defaults are the T2-FLAIR preset (a test checks)."""
+    time of double IR and dSIR. The defaults are the catalogue's (:func:`~SyntheticMRILib.physics.protocols.start_values`)."""
 
     t1Volume: vtkMRMLScalarVolumeNode
     t2Volume: vtkMRMLScalarVolumeNode
     pdVolume: vtkMRMLScalarVolumeNode
     units: Annotated[str, Choice(list(UNITS))] = "ms"
-    contrast: Annotated[str, Choice(list(CONTRASTS))] = "T2-FLAIR"
-    tr: Annotated[float, WithinRange(*RANGES["tr"])] = 9000.0
-    te: Annotated[float, WithinRange(*RANGES["te"])] = 90.0
-    ti: Annotated[float, WithinRange(*RANGES["ti"])] = 2372.0
-    ti2: Annotated[float, WithinRange(*RANGES["ti2"])] = 551.0
-    flip: Annotated[float, WithinRange(*RANGES["flip"])] = 25.0
+    contrast: Annotated[str, Choice(list(CONTRASTS))] = START_CONTRAST
+    tr: Annotated[float, WithinRange(*RANGES["tr"])] = start_values()["tr"]
+    te: Annotated[float, WithinRange(*RANGES["te"])] = start_values()["te"]
+    ti: Annotated[float, WithinRange(*RANGES["ti"])] = start_values()["ti"]
+    ti2: Annotated[float, WithinRange(*RANGES["ti2"])] = start_values()["ti2"]
+    flip: Annotated[float, WithinRange(*RANGES["flip"])] = start_values()["flip"]
     outputVolume: vtkMRMLScalarVolumeNode
     autoUpdate: bool = True
     fused: bool = True

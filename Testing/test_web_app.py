@@ -1,0 +1,221 @@
+"""The web app without a browser: its session folder, its address checks, and the page's handlers on a real
+trame-slicer scene, checked against the library computed independently (the browser tests drive the same page
+in Chromium: Testing/test_web_browser.py)."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SyntheticMRILib.errors import InputError
+from SyntheticMRILib.io.maps import load_maps
+from SyntheticMRILib.io.provenance import read_provenance
+from SyntheticMRILib.io.volumes import read_volume, write_volume
+from SyntheticMRILib.physics.protocols import PARAMETERS, Protocol, parameter_bounds, preset_values, start_values
+from SyntheticMRILib.physics.synthesis import synthesize_volume
+from SyntheticMRILib.resources import sample_paths
+from SyntheticMRILib.web.serve import NETWORK_WARNING, check_address, serve
+from SyntheticMRILib.web.session import Session, result_name
+
+from conftest import make_maps
+
+
+# --------------------------------------------------------------------------- the session folder
+def test_an_upload_keeps_only_the_extension_of_the_browsers_name(tmp_path):
+    session = Session(root=str(tmp_path))
+    path = session.upload("t1", "../../etc/passwd/T1 map.NII.GZ", b"data")
+    assert path == session.folder / "uploads" / "t1.nii.gz" and path.read_bytes() == b"data"
+    again = session.upload("t1", "x.nrrd", b"other")  # a new upload of the same map replaces the old one
+    assert sorted(p.name for p in session.uploads.iterdir()) == ["t1.nrrd"] and again.read_bytes() == b"other"
+    for name, content, words in (("t1.exe", b"x", "unsupported file type"), ("t1.nrrd", b"", "empty"),
+                                 ("t1.nrrd", b"x", None)):
+        if words:
+            with pytest.raises(InputError, match=words):
+                session.upload("t1", name, content)
+    with pytest.raises(InputError, match="not a map"):
+        session.upload("../t1", "t1.nrrd", b"x")
+    session.close()
+    assert not session.folder.exists()
+
+
+def test_an_upload_over_the_limit_is_refused_before_anything_is_written(tmp_path):
+    session = Session(max_upload_mb=1, root=str(tmp_path))
+    with pytest.raises(InputError, match=r"2 MiB is more than this server accepts \(1 MiB"):
+        session.upload("pd", "pd.nrrd", None, size=2 * 2**20)  # announced: refused before the content is read
+    with pytest.raises(InputError, match="more than this server accepts"):
+        session.upload("pd", "pd.nrrd", bytes(2**20 + 1))
+    assert list(session.uploads.iterdir()) == []
+    with pytest.raises(InputError, match="must be positive"):
+        Session(max_upload_mb=0)
+
+
+def test_result_names_are_plain_file_names():
+    assert result_name("Synthetic T2-FLAIR", ".nrrd") == "Synthetic_T2-FLAIR.nrrd"
+    assert result_name("../../x/Learned contrast 1 (IR TR 9000)", ".nrrd") == "x_Learned_contrast_1_IR_TR_9000.nrrd"
+    assert result_name("///", ".mrb") == "result.mrb"
+
+
+# --------------------------------------------------------------------------- the address
+@pytest.mark.parametrize("host, network", [("127.0.0.1", False), ("localhost", False), ("::1", False),
+                                           ("0.0.0.0", True), ("192.168.1.20", True), ("mri-server.example", True)])
+def test_only_loopback_addresses_stay_on_this_machine(host, network):
+    assert check_address(host, 8080) is network
+
+
+def test_serving_the_network_warns_and_a_bad_request_stops_before_serving(tmp_path):
+    err = io.StringIO()
+    with pytest.raises(InputError, match="no such folder"):
+        serve(port=8080, host="0.0.0.0", data=str(tmp_path / "missing"), err=err)
+    assert err.getvalue().startswith(NETWORK_WARNING.format(host="0.0.0.0", port=8080)[:60])
+    assert "reverse proxy" in err.getvalue()
+    with pytest.raises(InputError, match="--port 70000"):
+        check_address("127.0.0.1", 70000)
+
+
+def test_the_cli_gives_one_line_errors():
+    for args, words in ((["--port", "0"], "--port 0: must be between 1 and 65535"),
+                        (["--data", "/no/such/folder"], "/no/such/folder: no such folder"),
+                        (["--max-upload-mb", "-5"], "--max-upload-mb -5.0: must be positive")):
+        run = subprocess.run([sys.executable, "-m", "SyntheticMRILib.apps.cli", "web", *args], capture_output=True,
+                             text=True, timeout=120)
+        lines = [line for line in run.stderr.splitlines() if line.startswith("syntheticmri: error:")]
+        assert run.returncode == 2 and lines == [f"syntheticmri: error: {words}"], run.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- the page's handlers
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from trame.app import get_server
+
+    from SyntheticMRILib.web.app import WebApp
+
+    study = tmp_path_factory.mktemp("study")
+    for k in (1, 2):
+        for name, volume in make_maps(shape=(12, 14, 10), seed=k).items():
+            write_volume(volume, study / f"sub-{k:02d}" / f"{name}.nrrd")
+    app = WebApp(get_server("test-web-app", client_type="vue3"), Session(root=str(tmp_path_factory.mktemp("session"))),
+                 data=str(study))
+    yield app
+    app.session.close()
+
+
+def expected(maps, protocol: Protocol) -> np.ndarray:
+    return synthesize_volume(*maps.tensors(), protocol, fused=False).numpy()
+
+
+def shown(app) -> np.ndarray:
+    from SyntheticMRILib.slicer.bridge import volume_from_node
+
+    return volume_from_node(app.output).array
+
+
+def test_the_app_opens_on_the_sample_in_the_catalogues_start_contrast(app):
+    sample = load_maps(*(sample_paths()[n] for n in ("t1", "t2", "pd")))
+    assert {name: app.state[name] for name in PARAMETERS} == start_values()
+    assert start_values() == {**preset_values("T2-FLAIR"), "ti2": preset_values("DIR")["ti2"],
+                              "flip": preset_values("T1w-GRE")["flip"]}
+    assert app.state.sources == ["Bundled sample", "sub-01", "sub-02"]
+    np.testing.assert_allclose(shown(app), expected(sample, Protocol("ir", **preset_values("T2-FLAIR"))), atol=1e-6)
+
+
+def test_sliders_take_the_catalogues_bounds_and_te_never_passes_tr(app):
+    app.state.contrast = "T1w"
+    app._on_contrast("T1w")
+    assert {n: app.state[n] for n in ("tr", "te")} == preset_values("T1w")
+    app.state.update(dict(tr=40.0, te=900.0))  # what a page could send: TE past TR
+    app._on_parameter()
+    bounds = parameter_bounds(app.state.tr, app.state.ti, "se")
+    assert app.state.te <= bounds["te"][1] < app.state.tr == 40.0
+    assert (app.state.te_min, app.state.te_max) == bounds["te"] and app.state.contrast == "Custom spin echo"
+
+
+def test_a_released_slider_makes_the_whole_volume_at_its_value(app):
+    sample = load_maps(*(sample_paths()[n] for n in ("t1", "t2", "pd")))
+    app.state.contrast = "T2w"
+    app._on_contrast("T2w")
+    app.release("te", 60.0)
+    np.testing.assert_allclose(shown(app), expected(sample, Protocol("se", 4500, 60)), atol=1e-6)
+    assert "TE 60" in app.state.status
+
+
+def test_downloads_carry_the_grid_and_the_protocol(app, tmp_path):
+    from SyntheticMRILib.slicer.bridge import create_scene, load_scene
+
+    path = app.result_file("synthetic")
+    assert path.parent == app.session.results and read_volume(path).same_grid(read_volume(sample_paths()["t1"]))
+    assert read_provenance(path).protocol == Protocol("se", 4500, 60)
+    nodes = load_scene(app.result_file("scene"), create_scene())
+    assert {"T1 map", "T2 map", "PD map", "Synthetic spin echo"} <= set(nodes)  # T2w with TE moved: a custom SE
+    with pytest.raises(InputError, match="no result"):
+        app.result_file("../../etc/passwd")
+
+
+def test_segmentation_results_become_the_table_and_downloads(app, tmp_path):
+    """What a finished ``segment`` child leaves (its label file and volumes.csv, written here from the sample's own
+    labels) becomes the page's table: each structure's volume as counted here, its FreeSurfer colour."""
+    from SyntheticMRILib import jobs
+    from SyntheticMRILib.io.labels import STRUCTURES, label_table
+
+    app.open_source("Bundled sample")
+    labels = read_volume(sample_paths()["labels"])
+    kept = np.where(np.isin(labels.array, list(STRUCTURES.values())), labels.array, 0).astype(np.int16)
+    write_volume(labels.with_array(kept), tmp_path / jobs.SEGMENTATION_FILE)
+    voxel_ml = float(np.prod(labels.spacing)) / 1000.0
+    counted = {name: float(np.count_nonzero(kept == value)) * voxel_ml for name, value in STRUCTURES.items()}
+    jobs.write_structure_volumes(tmp_path / jobs.VOLUMES_FILE, counted, STRUCTURES)
+    app._load_results("segment", tmp_path)
+    rows = {row["name"]: row for row in app.state.structures}
+    assert set(rows) == set(STRUCTURES)
+    colours = {entry.name: entry.color for entry in label_table().values()}
+    for name, row in rows.items():
+        assert row["ml"] == pytest.approx(counted[name], abs=1e-3)
+        assert row["colour"] == "#" + "".join(f"{round(c):02x}" for c in colours[name][:3]), name
+    assert {"segmentation.nrrd", "volumes.csv"} <= {entry["file"] for entry in app.state.downloads}
+    assert np.array_equal(read_volume(app.result_file("segmentation")).array, kept)
+
+
+def upload(app, files: dict) -> None:
+    for name, path in files.items():
+        app.state[f"upload_{name}"] = {"name": path.name, "size": path.stat().st_size, "type": "",
+                                       "content": path.read_bytes()}
+    app._on_upload()
+
+
+def test_a_bad_upload_shows_the_librarys_error_and_keeps_the_maps(app, tmp_path):
+    before = shown(app).copy()
+    flat = tmp_path / "my scan.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 6), np.float32)), str(flat))
+    upload(app, {"t1": flat, "t2": sample_paths()["t2"], "pd": sample_paths()["pd"]})
+    assert app.state.error == "my scan.nrrd: is 2-D; expected a 3-D volume"
+    assert str(app.session.folder) not in app.state.error
+    assert np.array_equal(shown(app), before) and app.state.source == "Bundled sample"
+    assert "Uploaded maps" not in app.state.sources
+    assert all(app.state[f"upload_{n}"] is None for n in ("t1", "t2", "pd"))  # the inputs are cleared
+
+
+def test_uploaded_maps_replace_the_shown_ones(app, tmp_path):
+    maps = make_maps(shape=(12, 14, 10), seed=7)
+    files = {}
+    for name, volume in maps.items():
+        files[name] = tmp_path / f"{name}.nii.gz"
+        write_volume(volume, files[name])
+    upload(app, files)
+    assert app.state.error == "" and app.state.source == "Uploaded maps"
+    checked = load_maps(files["t1"], files["t2"], files["pd"])
+    np.testing.assert_allclose(shown(app), expected(checked, app.protocol()), atol=1e-6)
+    assert sorted(p.name for p in app.session.uploads.iterdir()) == ["pd.nii.gz", "t1.nii.gz", "t2.nii.gz"]
+
+
+def test_a_study_subject_opens_from_the_list(app):
+    app.state.source = "sub-02"
+    app._on_source("sub-02", app.state.units)
+    study_maps = load_maps(*app.sources["sub-02"])
+    assert app.state.source == "sub-02" and shown(app).shape == study_maps.t1.shape
+    np.testing.assert_allclose(shown(app), expected(study_maps, app.protocol()), atol=1e-6)
+    app.state.units = "s"  # these maps are in ms: refused in s, and the page keeps what it shows
+    app._on_source("sub-02", "s")
+    assert "s" != app.state.units and "T1" in app.state.error

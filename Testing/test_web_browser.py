@@ -1,0 +1,165 @@
+"""The web app in real Chromium: ``syntheticmri web`` in a child process, the page driven as a user would.
+
+Marked ``browser``: the default suite leaves them out, ``.ci/run`` installs Debian's Chromium and runs them.
+With ``SYNTHETICMRI_SCREENSHOTS=DIR`` the page after segmentation is saved as ``DIR/web.png`` (the README's).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SyntheticMRILib.io.maps import load_maps
+from SyntheticMRILib.io.provenance import read_provenance
+from SyntheticMRILib.io.volumes import Volume, read_volume, write_volume
+from SyntheticMRILib.io.labels import STRUCTURES
+from SyntheticMRILib.physics.protocols import parameter_bounds, preset_values
+from SyntheticMRILib.resources import sample_paths
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+from web_browser import CHROMIUM, AppPage, WebServer, launch  # noqa: E402
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = WebServer()
+    yield server
+    assert server.stop() == 0, server.text()[-2000:]
+    assert server.session is not None and not server.session.exists(), "the session folder outlived the server"
+
+
+@pytest.fixture(scope="module")
+def app(server):
+    with playwright_api.sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+        yield AppPage(page, server.url)
+        browser.close()
+
+
+def set_slider(app: AppPage, name: str, key: str) -> None:
+    """A slider moved with the keyboard (Home/End), as a user may, then released by a click elsewhere."""
+    app.thumb(name).focus()
+    app.page.keyboard.press(key)
+    app.page.wait_for_timeout(300)
+
+
+def test_the_page_opens_on_the_sample_in_t2_flair(app):
+    values = preset_values("T2-FLAIR")
+    assert "T2-FLAIR" in app.status() and f"TR {values['tr']:g}" in app.status()
+    assert [app.value(name) for name in ("tr", "te", "ti")] == [values["tr"], values["te"], values["ti"]]
+    assert len(set(app.frames())) == 4  # three slice views and the 3-D view, each with its own picture
+
+
+def test_moving_te_changes_the_rendered_slice_and_the_whole_volume_follows(app):
+    before_picture, before_frames = app.view_picture(0), app.frames()
+    te = app.value("te")
+    app.drag("te", 120, steps=4)
+    app.wait_for_new_frame(before_frames)
+    app.page.wait_for_function("te => !document.querySelector('.status').innerText.includes('TE ' + te + ' ')", arg=te)
+    new_te = app.value("te")
+    assert new_te > te + 50
+    app.page.wait_for_timeout(1500)  # the whole volume, rendered
+    assert app.view_picture(0) != before_picture
+    assert f"TE {new_te:g}" in app.status() and "Custom" in app.page.locator(".contrast").inner_text()
+
+
+def test_te_cannot_pass_tr(app):
+    set_slider(app, "tr", "Home")  # TR at its minimum for an IR: TE and TI must follow it down
+    tr = app.value("tr")
+    set_slider(app, "te", "End")
+    app.drag("te", 2000)  # and dragged far past the end
+    app.page.wait_for_timeout(800)
+    te, ti = app.value("te"), app.value("ti")
+    bounds = parameter_bounds(tr, ti, "ir")
+    assert te == app.bound("te") <= bounds["te"][1] < tr
+    assert ti < tr and f"TE {te:g}" in app.status()
+
+
+def test_segment_shows_the_14_structures_with_volumes(app, server):
+    app.page.locator(".contrast").click()
+    app.page.get_by_role("option", name="T1w", exact=True).click()
+    app.page.locator(".run-segment").click()
+    app.page.wait_for_selector(".structure >> nth=13", timeout=180_000)
+    rows = app.page.locator(".structure")
+    assert rows.count() == len(STRUCTURES) == 14
+    names = [rows.nth(k).locator("td").nth(0).inner_text().strip() for k in range(14)]
+    volumes = [float(rows.nth(k).locator("td").nth(1).inner_text()) for k in range(14)]
+    assert sorted(names) == sorted(STRUCTURES)
+    assert all(0.1 < ml < 20 for ml in volumes), volumes  # subcortical structures: tenths of a ml to ~10 ml
+    assert "14 structures" in app.page.locator(".job-text").inner_text()
+    app.page.wait_for_timeout(1500)
+    if os.environ.get("SYNTHETICMRI_SCREENSHOTS"):
+        app.page.locator(".structures").scroll_into_view_if_needed()  # the contrast, the buttons and the table
+        app.page.screenshot(path=str(Path(os.environ["SYNTHETICMRI_SCREENSHOTS"]) / "web.png"))
+
+
+def test_downloads_are_the_volumes_on_the_sample_grid(app, tmp_path):
+    sample = read_volume(sample_paths()["t1"])
+    buttons = app.page.locator(".download")
+    files = [buttons.nth(k).inner_text().strip() for k in range(buttons.count())]
+    assert files[0].startswith("Synthetic_") and "segmentation.nrrd" in files and files[-1].endswith(".mrb")
+    for name in (files[0], "segmentation.nrrd"):
+        with app.page.expect_download() as download:
+            app.page.get_by_role("button", name=name, exact=True).click()
+        path = tmp_path / download.value.suggested_filename
+        download.value.save_as(path)
+        volume = read_volume(path)
+        assert volume.same_grid(sample), name
+    synthetic = read_volume(tmp_path / files[0])
+    assert read_provenance(tmp_path / files[0]).protocol.sequence == "se"  # the T1w chosen above
+    labels = read_volume(tmp_path / "segmentation.nrrd").array
+    assert len(np.unique(labels)) == 15 and synthetic.array.max() > 0
+
+
+def test_a_job_can_be_cancelled(app):
+    app.page.locator(".run-contrast").click()
+    app.page.wait_for_timeout(1500)
+    app.page.locator(".cancel").click()
+    app.page.wait_for_function("() => document.querySelector('.job-text').innerText.includes('Cancelled')", timeout=30_000)
+    assert app.page.locator(".run-contrast").is_enabled()
+
+
+def test_optimized_contrast_lists_the_learned_contrasts(app):
+    app.page.locator(".run-contrast").click()
+    app.page.wait_for_selector(".learned-contrast >> nth=0", timeout=180_000)
+    items = app.page.locator(".learned-contrast")
+    names = [items.nth(k).inner_text() for k in range(items.count())]
+    assert len(names) >= 1 and all(name.startswith("Learned contrast") and "TR" in name for name in names)
+    before = app.frames()
+    items.nth(items.count() - 1).click()
+    app.wait_for_new_frame(before)
+
+
+def upload(app: AppPage, files: dict) -> None:
+    for name, path in files.items():
+        app.page.locator(f".upload-{name} input[type=file]").set_input_files(str(path))
+
+
+def test_bad_uploads_show_the_librarys_error_and_the_session_goes_on(app, tmp_path):
+    t1, pd = read_volume(sample_paths()["t1"]), read_volume(sample_paths()["pd"])
+    flat = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(t1.array[90]), str(flat))  # a 2-D image
+    upload(app, {"t1": flat, "t2": sample_paths()["t2"], "pd": sample_paths()["pd"]})
+    app.page.wait_for_selector(".error", timeout=30_000)
+    assert app.error() == "flat.nrrd: is 2-D; expected a 3-D volume"
+
+    cropped = tmp_path / "pd_cropped.nrrd"
+    write_volume(Volume(pd.array[2:], spacing=pd.spacing, origin=pd.origin, direction=pd.direction), cropped)
+    with pytest.raises(Exception) as expected:  # the library's own words for these files
+        load_maps(sample_paths()["t1"], sample_paths()["t2"], cropped)
+    upload(app, {"t1": sample_paths()["t1"], "t2": sample_paths()["t2"], "pd": cropped})
+    app.page.wait_for_function("m => document.querySelector('.error') && document.querySelector('.error').innerText.includes(m)",
+                               arg="PD map is on a different grid", timeout=30_000)
+    assert app.error() == str(expected.value)
+
+    before = app.frames()  # still usable: the maps shown are the sample's, sliders still synthesize
+    app.drag("te", 40 if app.value("te") < app.bound("te") / 2 else -40)
+    app.wait_for_new_frame(before)
+    assert app.page.locator(".source").inner_text().count("Bundled sample") == 1
