@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.io.maps import load_maps
 from SyntheticMRILib.io.provenance import read_provenance
-from SyntheticMRILib.io.volumes import read_volume, write_volume
+from SyntheticMRILib.io.volumes import Volume, read_volume, write_volume
 from SyntheticMRILib.physics.protocols import PARAMETERS, Protocol, parameter_bounds, preset_values, start_values
 from SyntheticMRILib.physics.synthesis import synthesize_volume
 from SyntheticMRILib.resources import sample_paths
@@ -25,30 +25,67 @@ from conftest import make_maps
 
 
 # --------------------------------------------------------------------------- the session folder
+def chunks(data: bytes, size: int = 1000):
+    return (data[k:k + size] for k in range(0, len(data), size))
+
+
+def nrrd(tmp_path, **header) -> bytes:
+    """A small NRRD file's bytes, written by SimpleITK, with header lines added or replaced."""
+    path = tmp_path / "small.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.float32)), str(path), useCompression=False)
+    head, data = path.read_bytes().split(b"\n\n", 1)
+    lines = [line for line in head.decode().splitlines() if line.split(":")[0] not in header]
+    return ("\n".join(lines + [f"{key}: {value}" for key, value in header.items()]) + "\n\n").encode() + data
+
+
 def test_an_upload_keeps_only_the_extension_of_the_browsers_name(tmp_path):
     session = Session(root=str(tmp_path))
-    path = session.upload("t1", "../../etc/passwd/T1 map.NII.GZ", b"data")
-    assert path == session.folder / "uploads" / "t1.nii.gz" and path.read_bytes() == b"data"
-    again = session.upload("t1", "x.nrrd", b"other")  # a new upload of the same map replaces the old one
-    assert sorted(p.name for p in session.uploads.iterdir()) == ["t1.nrrd"] and again.read_bytes() == b"other"
-    for name, content, words in (("t1.exe", b"x", "unsupported file type"), ("t1.nrrd", b"", "empty"),
-                                 ("t1.nrrd", b"x", None)):
-        if words:
-            with pytest.raises(InputError, match=words):
-                session.upload("t1", name, content)
+    folder, data = session.new_upload(), nrrd(tmp_path)
+    path = session.receive(folder, "t1", "../../etc/passwd/T1 map.NRRD", chunks(data))
+    assert path == session.folder / "uploads" / "1" / "t1.nrrd" and path.read_bytes() == data
+    again = session.receive(folder, "t1", "x.nrrd", chunks(data))  # the same map chosen again replaces it
+    assert sorted(p.name for p in folder.iterdir()) == ["t1.nrrd"] and again.is_file()
+    assert session.new_upload() == session.folder / "uploads" / "2"  # a new set never mixes with the last
+    for name, content, words in (("t1.nhdr", data, "unsupported file type"), ("t1.mhd", data, "unsupported"),
+                                 ("t1.exe", data, "unsupported"), ("t1.nrrd", b"", "empty")):
+        with pytest.raises(InputError, match=words):
+            session.receive(folder, "t2", name, chunks(content))
     with pytest.raises(InputError, match="not a map"):
-        session.upload("../t1", "t1.nrrd", b"x")
+        session.receive(folder, "../t1", "t1.nrrd", chunks(data))
+    assert sorted(p.name for p in folder.iterdir()) == ["t1.nrrd"]
     session.close()
     assert not session.folder.exists()
 
 
-def test_an_upload_over_the_limit_is_refused_before_anything_is_written(tmp_path):
+def test_a_header_that_reads_another_file_or_inflates_is_refused(tmp_path):
+    """The server would read its own files (what the header names) or allocate what a tiny file declares."""
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(np.arange(120, dtype=np.float32).tobytes())
+    session = Session(root=str(tmp_path))
+    folder = session.new_upload()
+    with pytest.raises(InputError, match="names a separate data file"):
+        session.receive(folder, "t1", "t1.nrrd", chunks(nrrd(tmp_path, **{"data file": str(secret)})))
+    mha = (f"ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_FLOAT\n"
+           f"ElementDataFile = {secret}\n").encode()
+    with pytest.raises(InputError, match="names a separate data file"):
+        session.receive(folder, "t1", "t1.mha", chunks(mha))
+    with pytest.raises(InputError, match="declares 8,589,934,592 voxels"):
+        session.receive(folder, "t1", "t1.nrrd", chunks(nrrd(tmp_path, sizes="2048 2048 2048")))
+    assert list(folder.iterdir()) == []
+
+
+def test_an_upload_over_the_limit_stops_as_it_streams(tmp_path):
     session = Session(max_upload_mb=1, root=str(tmp_path))
-    with pytest.raises(InputError, match=r"2 MiB is more than this server accepts \(1 MiB"):
-        session.upload("pd", "pd.nrrd", None, size=2 * 2**20)  # announced: refused before the content is read
-    with pytest.raises(InputError, match="more than this server accepts"):
-        session.upload("pd", "pd.nrrd", bytes(2**20 + 1))
-    assert list(session.uploads.iterdir()) == []
+    folder, sent = session.new_upload(), []
+
+    def endless():
+        while True:
+            sent.append(1)
+            yield bytes(2**16)
+
+    with pytest.raises(InputError, match=r"more than this server accepts \(1 MiB"):
+        session.receive(folder, "pd", "pd.nrrd", endless())
+    assert len(sent) == 2**20 // 2**16 + 1 and list(folder.iterdir()) == []  # stopped at the first chunk past 1 MiB
     with pytest.raises(InputError, match="must be positive"):
         Session(max_upload_mb=0)
 
@@ -179,10 +216,19 @@ def test_segmentation_results_become_the_table_and_downloads(app, tmp_path):
 
 
 def upload(app, files: dict) -> None:
+    """What the page does: each file POSTed to the upload route (app.receive), then app.uploaded."""
+    import asyncio
+
+    async def body(path):
+        yield path.read_bytes()
+
     for name, path in files.items():
-        app.state[f"upload_{name}"] = {"name": path.name, "size": path.stat().st_size, "type": "",
-                                       "content": path.read_bytes()}
-    app._on_upload()
+        try:
+            asyncio.run(app.receive(name, path.name, body(path), path.stat().st_size))
+        except InputError as error:
+            app.uploaded(name, False, f"{path.name}: {error}")
+            return
+        app.uploaded(name, True, "received")
 
 
 def test_a_bad_upload_shows_the_librarys_error_and_keeps_the_maps(app, tmp_path):
@@ -194,20 +240,53 @@ def test_a_bad_upload_shows_the_librarys_error_and_keeps_the_maps(app, tmp_path)
     assert str(app.session.folder) not in app.state.error
     assert np.array_equal(shown(app), before) and app.state.source == "Bundled sample"
     assert "Uploaded maps" not in app.state.sources
-    assert all(app.state[f"upload_{n}"] is None for n in ("t1", "t2", "pd"))  # the inputs are cleared
+    assert list(app.session.uploads.iterdir()) == []  # the refused set is gone
 
 
-def test_uploaded_maps_replace_the_shown_ones(app, tmp_path):
-    maps = make_maps(shape=(12, 14, 10), seed=7)
+def test_uploaded_maps_replace_the_shown_ones_and_a_refused_set_never_mixes_in(app, tmp_path):
     files = {}
-    for name, volume in maps.items():
+    for name, volume in make_maps(shape=(12, 14, 10), seed=7).items():
         files[name] = tmp_path / f"{name}.nii.gz"
         write_volume(volume, files[name])
     upload(app, files)
     assert app.state.error == "" and app.state.source == "Uploaded maps"
     checked = load_maps(files["t1"], files["t2"], files["pd"])
     np.testing.assert_allclose(shown(app), expected(checked, app.protocol()), atol=1e-6)
-    assert sorted(p.name for p in app.session.uploads.iterdir()) == ["pd.nii.gz", "t1.nii.gz", "t2.nii.gz"]
+    (accepted,) = app.session.uploads.iterdir()
+    assert sorted(p.name for p in accepted.iterdir()) == ["pd.nii.gz", "t1.nii.gz", "t2.nii.gz"]
+
+    other = {name: tmp_path / f"other_{name}.nrrd" for name in ("t1", "t2", "pd")}
+    for name, volume in make_maps(shape=(12, 14, 9), seed=8).items():
+        pd_elsewhere = Volume(volume.array, spacing=(1.0, 1.0, 1.0), origin=volume.origin, direction=volume.direction)
+        write_volume(pd_elsewhere if name == "pd" else volume, other[name])
+    upload(app, other)  # PD on another grid: refused
+    assert app.state.error.startswith("PD map is on a different grid")
+    app.open_source("Bundled sample")
+    app.open_source("Uploaded maps")  # the accepted set, whole: not the refused set's T1 with the first PD
+    np.testing.assert_allclose(shown(app), expected(checked, app.protocol()), atol=1e-6)
+    assert list(app.session.uploads.iterdir()) == [accepted]
+
+
+def test_a_download_after_a_preview_is_the_whole_volume_at_the_new_values(app):
+    app.open_source("Bundled sample")
+    sample = load_maps(*(sample_paths()[n] for n in ("t1", "t2", "pd")))
+    app.state.contrast = "T2w"
+    app._on_contrast("T2w")
+    app.state.te = 130.0  # a key press on the slider: no release event, only the preview
+    app._on_parameter()
+    assert not np.allclose(shown(app), expected(sample, Protocol("se", 4500, 130)), atol=1e-6)  # slices only
+    path = app.result_file("synthetic")
+    np.testing.assert_allclose(read_volume(path).array, expected(sample, Protocol("se", 4500, 130)), atol=1e-6)
+    assert read_provenance(path).protocol == Protocol("se", 4500, 130)
+
+
+def test_the_maps_stay_while_a_job_runs(app):
+    app.state.job = "segment"
+    try:
+        app.open_source("sub-01")
+        assert "wait for the running job" in app.state.error and app.state.source == "Bundled sample"
+    finally:
+        app.state.job = ""
 
 
 def test_a_study_subject_opens_from_the_list(app):
@@ -218,4 +297,4 @@ def test_a_study_subject_opens_from_the_list(app):
     np.testing.assert_allclose(shown(app), expected(study_maps, app.protocol()), atol=1e-6)
     app.state.units = "s"  # these maps are in ms: refused in s, and the page keeps what it shows
     app._on_source("sub-02", "s")
-    assert "s" != app.state.units and "T1" in app.state.error
+    assert app.state.units == "ms" and "T1" in app.state.error

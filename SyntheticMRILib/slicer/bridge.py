@@ -59,7 +59,7 @@ __all__ = [
     "create_scene", "label_table", "segment_tag", "LabelEntry", "node_stamps", "world_to_ijk", "slice_to_ras",
     "slice_nodes_showing", "update_visible_slices", "volumes_table", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
     "SCALE_ATTRIBUTE", "QuietVTK", "empty_volume_node", "remove_nodes", "rewindow", "show_slices_in_3d",
-    "structure_rows", "contrast_provenance",
+    "structure_rows", "contrast_provenance", "show_surfaces_in_3d",
 ]
 
 # Attributes of a synthetic contrast's node: its provenance, the keys and format of io.provenance, the same as a
@@ -699,6 +699,11 @@ def show_slices_in_3d(scene: slicer.vtkMRMLScene) -> None:
     nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
     for index in range(nodes.GetNumberOfItems()):
         nodes.GetItemAsObject(index).SetSliceVisible(True)
+
+
+def show_surfaces_in_3d(segmentation_node: slicer.vtkMRMLSegmentationNode) -> None:
+    """The segments as closed surfaces, which 3-D views show (slice views show the labels either way)."""
+    segmentation_node.CreateClosedSurfaceRepresentation()
 
 
 def contrast_provenance(node: slicer.vtkMRMLScalarVolumeNode) -> Optional[Provenance]:

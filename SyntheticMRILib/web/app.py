@@ -1,28 +1,26 @@
-"""The page of ``syntheticmri web``: Slicer views beside the module's controls, on trame-slicer.
+"""The state and actions of ``syntheticmri web``: Slicer views beside the module's controls, on trame-slicer.
 
 trame-slicer renders real Slicer slice and 3-D views on the server (offscreen, EGL) and streams pictures; the
-controls are Vuetify widgets bound to the trame state. Every action is a call the Slicer widget makes too:
-:class:`~SyntheticMRILib.slicer.logic.SyntheticMRILogic` (synthesis, visible-slice preview, the segment and
-learned-contrast child processes and their results), the bridge (maps into nodes, nodes into files, the scene),
-the catalogue's bounds (:func:`~SyntheticMRILib.physics.protocols.parameter_bounds`). This module lays them out
-and keeps the state; it has no physics and no checks of its own.
+page (:mod:`SyntheticMRILib.web.page`) binds Vuetify widgets to the trame state kept here. Every action is a
+call the Slicer widget makes too: :class:`~SyntheticMRILib.slicer.logic.SyntheticMRILogic` (synthesis, the
+visible-slice preview, the segment and learned-contrast child processes and their results), the bridge (maps
+into nodes, nodes into files, the scene), the catalogue's bounds
+(:func:`~SyntheticMRILib.physics.protocols.parameter_bounds`). No physics and no checks of its own.
 
 One server is one session: every browser connected to it sees and drives the same scene.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from trame.app import TrameApp, asynchronous
-from trame.app.file_upload import ClientFile
 from trame.decorators import change, trigger
-from trame.ui.vuetify3 import SinglePageWithDrawerLayout
-from trame.widgets import html
-from trame.widgets import vuetify3 as v3
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
@@ -37,14 +35,14 @@ from ..physics.protocols import (PARAMETERS, PRESETS, SEQUENCES, START_CONTRAST,
 from ..resources import sample_paths
 from ..slicer import bridge
 from ..slicer.logic import CONTRASTS, SyntheticMRILogic, custom_contrast_of, sequence_of
+from .page import MAP_TITLES, UPLOAD_ROUTE, build_page
 from .session import Session
 
-__all__ = ["WebApp", "SAMPLE", "UPLOADED"]
+__all__ = ["WebApp", "SAMPLE", "UPLOADED", "SETTLE_S"]
 
 SAMPLE, UPLOADED = "Bundled sample", "Uploaded maps"
-_LABELS = {"tr": "TR (ms)", "te": "TE (ms)", "ti": "TI (ms)", "ti2": "TI2 (ms)", "flip": "Flip angle (°)"}
-_MAP_TITLES = {"t1": "T1 map", "t2": "T2 map", "pd": "PD map"}
-_JOB_TITLES = {"segment": "Segment", "contrast": "Optimized contrast"}
+SETTLE_S = 0.4  # after the last slider change (keys send no release): the whole volume follows the preview
+_SCENE = "SyntheticMRI scene"
 
 
 class WebApp(TrameApp):
@@ -66,6 +64,7 @@ class WebApp(TrameApp):
         self.session = session or Session()
         self.sources = {SAMPLE: [Path(sample_paths()[name]) for name in MAP_NAMES], **_data_sources(data)}
         self.server.enable_module(trame_slicer_module)
+        self.server.controller.on_server_bind.add(self._bind_routes)
         with bridge.QuietVTK():  # offscreen views warn about X and resize events they do not need
             self.slicer = SlicerApp()
             self.scene = self.slicer.scene
@@ -77,18 +76,26 @@ class WebApp(TrameApp):
         self.maps: Dict[str, object] = {}
         self.output = bridge.empty_volume_node(self.scene, "Synthetic " + START_CONTRAST)
         self.results: Dict[str, object] = {}  # nodes of the last segmentation and learned contrasts
-        self._cancel = False
         self._source, self._units = SAMPLE, "ms"  # what the shown maps are
         self._showing = "synthetic"  # the volume in the slice views: a slider brings the synthetic one back
+        self._volume = None  # the protocol the whole output volume holds
+        self._stale = False  # the preview changed voxels since: downloads and SETTLE_S make the whole volume
+        self._settle: Optional[asyncio.TimerHandle] = None
+        self._edited = False  # a preset was just edited into the custom contrast: keep window and volume
+        self._upload: Dict[str, tuple] = {}  # map -> (path, the browser's name) of the set being uploaded
+        self._upload_folder: Optional[Path] = None
+        self._cancel = False
+        self._child_done = threading.Event()
+        self._child_done.set()
         self.state.update(dict(
             sources=list(self.sources), source=SAMPLE, units="ms", unit_items=list(UNITS), contrasts=list(CONTRASTS),
             contrast=START_CONTRAST, sequence=sequence_of(START_CONTRAST), needs=list(SEQUENCES[sequence_of(START_CONTRAST)].needs),
             description=self.logic.contrastDescription(START_CONTRAST), error="", status="", preview_ms=0, synth_ms=0,
-            job="", job_done=0, job_total=0, job_text="", structures=[], learned=[], downloads=[],
-            **{f"upload_{name}": None for name in MAP_NAMES}, **start_values()))
+            upload_text="", job="", job_done=0, job_total=0, job_text="", structures=[], learned=[], downloads=[],
+            **start_values()))
         self._bounds()
         with bridge.QuietVTK():
-            self._build_page()
+            build_page(self)
         self.open_source(SAMPLE)
         bridge.show_slices_in_3d(self.scene)
 
@@ -96,6 +103,8 @@ class WebApp(TrameApp):
     def open_source(self, name: str) -> None:
         """Show the maps of ``name`` (the sample, a subject of ``--data``, or the uploads) in the chosen units."""
         try:
+            if self.state.job:
+                raise InputError("wait for the running job to end (or cancel it) before changing the maps")
             maps = load_maps(*self.sources[name], units=self.state.units)
         except InputError as error:
             self.state.update(dict(error=str(error), source=self._source, units=self._units))  # what is shown
@@ -107,46 +116,80 @@ class WebApp(TrameApp):
     def _show_maps(self, maps) -> None:
         """The checked maps (ms, fraction) as the scene's map nodes; earlier maps and their results go."""
         bridge.remove_nodes([*self.maps.values(), *self.results.values()])
-        self.maps = {name: bridge.node_from_volume(maps.volume(getattr(maps, name)), _MAP_TITLES[name], scene=self.scene)
+        self.maps = {name: bridge.node_from_volume(maps.volume(getattr(maps, name)), MAP_TITLES[name], scene=self.scene)
                      for name in MAP_NAMES}
         self.results = {}
         self.state.update(dict(error="", structures=[], learned=[]))
-        self._downloads()
         self.synthesize(reset=True)
         self.show_result("synthetic")
         self.slicer.display_manager.reset_views()
-
-    @change("upload_t1", "upload_t2", "upload_pd")
-    def _on_upload(self, **_) -> None:
-        """Once all three maps are there, they are stored (names from the server) and checked like any maps."""
-        files = {name: self.state[f"upload_{name}"] for name in MAP_NAMES}
-        if not all(files.values()):
-            return
-        paths, client_names = [], {}
-        try:
-            for name, value in files.items():
-                upload = ClientFile(value[0] if isinstance(value, list) else value)
-                path = self.session.upload(name, upload.name, upload.content, upload.size)
-                paths.append(path)
-                client_names[str(path)] = upload.name
-            maps = load_maps(*paths, units=self.state.units)
-        except InputError as error:  # the library's message, with the browser's file names, not the server's paths
-            message = str(error)
-            for path, client_name in client_names.items():
-                message = message.replace(path, client_name)
-            self.state.error = message
-            return
-        finally:
-            self.state.update({f"upload_{name}": None for name in MAP_NAMES})
-        self.sources[UPLOADED] = paths
-        self._source, self._units = UPLOADED, self.state.units
-        self.state.update(dict(sources=list(self.sources), source=UPLOADED))
-        self._show_maps(maps)
 
     @change("source", "units")
     def _on_source(self, source: str, units: str, **_) -> None:
         if self.maps and (source != self._source or units != self._units):
             self.open_source(source)
+
+    def _bind_routes(self, wslink_server) -> None:
+        from aiohttp import web
+
+        async def receive(request):
+            client = request.query.get("name", "")
+            try:
+                await self.receive(request.match_info["map"], client, request.content.iter_chunked(1 << 20),
+                                   request.content_length)
+            except InputError as error:
+                return web.Response(status=400, text=f"{client}: {error}")
+            return web.Response(text="received")
+
+        wslink_server.app.router.add_post(f"/{UPLOAD_ROUTE}/{{map}}", receive)
+
+    async def receive(self, name: str, client: str, chunks, length: Optional[int] = None) -> Path:
+        """One map of the set being uploaded, streamed from ``chunks`` (an async iterator of bytes; ``length`` as
+        announced) into the session folder; InputError when refused (see
+        :meth:`~SyntheticMRILib.web.session.Session.receive_async`). The page then calls :meth:`uploaded`."""
+        if self.state.job:
+            raise InputError("wait for the running job to end (or cancel it) before uploading maps")
+        if length is not None and length > self.session.max_upload_bytes:
+            raise InputError(f"more than this server accepts ({self.session.max_upload_bytes / 2**20:.0f} MiB; "
+                             "syntheticmri web --max-upload-mb)")
+        self._upload_folder = self._upload_folder or self.session.new_upload()
+        path = await self.session.receive_async(self._upload_folder, name, client, chunks)
+        self._upload[name] = (path, client)
+        return path
+
+    @trigger("uploaded")
+    def uploaded(self, name: str, ok: bool, text: str) -> None:
+        """The page's word on one upload; with the three maps in, they are checked like any maps and shown."""
+        if not ok:
+            self._drop_upload()
+            self.state.update(dict(error=text, upload_text=""))
+            return
+        missing = [MAP_TITLES[n] for n in MAP_NAMES if n not in self._upload]
+        if missing:
+            self.state.upload_text = f"{MAP_TITLES[name]} received; now {', '.join(missing)}."
+            return
+        paths, names = [self._upload[n][0] for n in MAP_NAMES], {str(p): c for p, c in self._upload.values()}
+        try:
+            maps = load_maps(*paths, units=self.state.units)
+        except InputError as error:  # the library's words, with the browser's file names, not the server's paths
+            message = str(error)
+            for path, client in names.items():
+                message = message.replace(path, client)
+            self._drop_upload()
+            self.state.update(dict(error=message, upload_text=""))
+            return
+        if UPLOADED in self.sources:
+            self.session.drop(self.sources[UPLOADED][0].parent)
+        self.sources[UPLOADED], self._upload, self._upload_folder = paths, {}, None
+        self._source, self._units = UPLOADED, self.state.units
+        self.state.update(dict(sources=list(self.sources), source=UPLOADED, upload_text=""))
+        self._show_maps(maps)
+
+    def _drop_upload(self) -> None:
+        """Forget the set being uploaded: the next file starts a new one (a refused set never mixes with another)."""
+        if self._upload_folder is not None:
+            self.session.drop(self._upload_folder)
+        self._upload, self._upload_folder = {}, None
 
     # ------------------------------------------------------------------ synthesis
     def protocol(self):
@@ -160,28 +203,31 @@ class WebApp(TrameApp):
         """The whole volume (a slider released, a contrast chosen, new maps); ``reset``: window it afresh."""
         start = time.perf_counter()
         try:
-            self.logic.synthesize(*self._map_nodes(), self.protocol(), outputNode=self.output,
+            protocol = self.protocol()
+            self.logic.synthesize(*self._map_nodes(), protocol, outputNode=self.output,
                                   name=self.logic.outputName(self.state.contrast))
         except InputError as error:
             self.state.error = str(error)
             return
+        self._volume, self._stale = protocol, False
         if reset:  # a new contrast, a new intensity range (as the widget does)
             bridge.rewindow(self.output)
         if self._showing != "synthetic":
             self.show_result("synthetic")
         self.state.update(dict(error="", synth_ms=round(1000 * (time.perf_counter() - start)),  # as the preview: node included
-                               status=f"{self.state.contrast}, {self.protocol().caption()}"))
+                               status=f"{self.state.contrast}, {protocol.caption()}"))
         self._downloads()
 
     def release(self, name: str, value: float) -> None:
         """A slider let go at ``value``: the whole volume. The value comes with the event, since the page may send
         the slider's last moves after it."""
         self.state[name] = float(value)
-        self._on_parameter()
-        self.synthesize()
+        self._follow_parameters()
+        if self._stale or self._volume != self.protocol():
+            self.synthesize()
 
     def preview(self) -> None:
-        """The voxels the views show, while a slider moves."""
+        """The voxels the views show, while a slider moves; the whole volume follows on release or after SETTLE_S."""
         start = time.perf_counter()
         try:
             if self._showing != "synthetic":
@@ -190,7 +236,21 @@ class WebApp(TrameApp):
         except InputError as error:
             self.state.error = str(error)
             return
+        self._stale = True
         self.state.update(dict(error="", preview_ms=round((time.perf_counter() - start) * 1000)))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no server loop (a console, a test): downloads make the whole volume first
+            return
+        if self._settle is not None:
+            self._settle.cancel()
+        self._settle = loop.call_later(SETTLE_S, self._settled)
+
+    def _settled(self) -> None:
+        self._settle = None
+        if self._stale:
+            with self.state:
+                self.synthesize()
 
     def _bounds(self) -> None:
         """Slider ranges for the sequence at the current TR and TI; values clamped into them (as the widget does)."""
@@ -206,25 +266,31 @@ class WebApp(TrameApp):
         sequence = sequence_of(contrast)
         self.state.update(dict(sequence=sequence, needs=list(SEQUENCES[sequence].needs),
                                description=self.logic.contrastDescription(contrast)))
+        edited, self._edited = self._edited, False
         if contrast in PRESETS:
             self.state.update(preset_values(contrast))
         self._bounds()
-        if self.maps:
+        if self.maps and not edited:  # an edit keeps the window: the image changes as the slider moves
             self.synthesize(reset=True)
 
     @change(*PARAMETERS)
     def _on_parameter(self, **_) -> None:
+        self._follow_parameters()
+        if self.maps and (self._stale or self.protocol() != self._volume):
+            self.preview()
+
+    def _follow_parameters(self) -> None:
+        """A preset moved becomes the custom contrast of its sequence; bounds and values follow the new values."""
         contrast = self.state.contrast
         if contrast in PRESETS and any(float(self.state[n]) != v for n, v in preset_values(contrast).items()):
-            self.state.contrast = custom_contrast_of(sequence_of(contrast))  # a preset moved is a custom contrast
+            self._edited = True
+            self.state.contrast = custom_contrast_of(sequence_of(contrast))
         self._bounds()
-        if self.maps:
-            self.preview()
 
     # ------------------------------------------------------------------ segmentation and learned contrasts
     def run_job(self, command: str) -> None:
         """``segment`` or ``contrast`` (learned contrasts) in a child process; the page shows its progress."""
-        if not self.state.job:
+        if not self.state.job and self.maps:
             self._cancel = False
             self.state.update(dict(job=command, job_done=0, job_total=0, job_text="Starting...", error=""))
             asynchronous.create_task(self._job(command))
@@ -233,27 +299,43 @@ class WebApp(TrameApp):
         self._cancel = True
         self.state.job_text = "Cancelling..."
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel a running job and wait until its process has ended (the server stops; the session folder goes next)."""
+        self._cancel = True
+        self._child_done.wait(timeout)
+
     async def _job(self, command: str) -> None:
-        loop, folder = asyncio.get_running_loop(), None
+        loop, folder, maps = asyncio.get_running_loop(), None, dict(self.maps)
 
         def on_line(line: str) -> None:  # the runner's thread
             progress = jobs.parse_progress(line)
             if progress is not None:
                 loop.call_soon_threadsafe(self._show_progress, *progress)
 
+        def child(argv) -> tuple:
+            try:
+                return jobs.run_batch_process(argv, on_line, lambda: self._cancel)
+            finally:
+                self._child_done.set()
+
         try:
             folder, argv = self.logic.mapsJob(command, *self._map_nodes(), temporaryPath=str(self.session.folder))
-            code, stderr = await asyncio.to_thread(jobs.run_batch_process, argv, on_line, lambda: self._cancel)
+            self._child_done.clear()
+            code, stderr = await asyncio.to_thread(child, argv)
             with self.state:
-                if self._cancel:
-                    self.state.job_text = "Cancelled."
-                elif code != 0:
-                    self.state.update(dict(job_text="", error=jobs.error_line(stderr) or f"exit code {code}"))
-                else:
+                if code == 0 and self.maps == maps:
                     self._load_results(command, Path(folder))
-        except InputError as error:
+                elif code == 0:
+                    self.state.job_text = "The maps changed while it ran: run it again."
+                elif self._cancel:
+                    self.state.job_text = "Cancelled."
+                else:
+                    self.state.update(dict(job_text="", error=jobs.error_line(stderr) or f"exit code {code}"))
+        except Exception as error:  # shown in the page: an InputError in the library's words, anything else too
+            if not isinstance(error, InputError):
+                logging.exception("SyntheticMRI web: %s failed", command)
             with self.state:
-                self.state.error = str(error)
+                self.state.update(dict(job_text="", error=str(error)))
         finally:
             if folder is not None:
                 self.logic.removeJobFolder(folder)
@@ -268,7 +350,7 @@ class WebApp(TrameApp):
         if command == "segment":
             bridge.remove_nodes([self.results.pop(key, None) for key in ("segmentation", "volumes")])
             segmentation, table = self.logic.loadSegmentation(str(folder), self.maps["t1"])
-            segmentation.CreateClosedSurfaceRepresentation()  # the structures in the 3-D view
+            bridge.show_surfaces_in_3d(segmentation)
             self.results.update(segmentation=segmentation, volumes=table)
             shutil.copy(folder / jobs.SEGMENTATION_FILE, self.session.result_path("segmentation", ".nrrd"))
             shutil.copy(folder / jobs.VOLUMES_FILE, self.session.result_path("volumes", ".csv"))
@@ -283,13 +365,20 @@ class WebApp(TrameApp):
                 self.results[f"learned{k}"] = node
                 rows.append(dict(key=f"learned{k}", name=node.GetName()))
             self.state.update(dict(learned=rows, job_text=f"{len(rows)} learned contrasts."))
-            self.show_result(rows[0]["key"])
+            if rows:
+                self.show_result(rows[0]["key"])
         self._downloads()
+
+    def _node(self, key: str):
+        if key == "synthetic":
+            return self.output
+        if key.startswith("learned") and key in self.results:
+            return self.results[key]
+        raise InputError(f"no result {key!r}")
 
     def show_result(self, key: str) -> None:
         """Show a learned contrast (or, with ``synthetic``, the synthesized volume) in the slice views."""
-        node = self.output if key == "synthetic" else self.results[key]
-        self.slicer.display_manager.show_volume_in_slice_background(node)
+        self.slicer.display_manager.show_volume_in_slice_background(self._node(key))
         self._showing = key
 
     # ------------------------------------------------------------------ downloads
@@ -299,96 +388,25 @@ class WebApp(TrameApp):
         if "segmentation" in self.results:
             entries += [("segmentation", "segmentation", ".nrrd"), ("volumes", "volumes", ".csv")]
         entries += [(key, node.GetName(), ".nrrd") for key, node in self.results.items() if key.startswith("learned")]
-        entries.append(("scene", "SyntheticMRI scene", ".mrb"))
+        entries.append(("scene", _SCENE, ".mrb"))
         self.state.downloads = [dict(key=key, file=self.session.result_path(label, ext).name) for key, label, ext in entries]
 
     def result_file(self, key: str) -> Path:
         """The file of a download entry, written now for the volumes the sliders keep changing and the scene."""
-        label = {"synthetic": self.output.GetName(), "scene": "SyntheticMRI scene"}.get(key)
+        if self._stale and key in ("synthetic", "scene"):  # the preview's slices and an older volume: never saved
+            self.synthesize()
         if key == "scene":
-            return bridge.save_scene(self.session.result_path(label, ".mrb"), self.scene)
-        if key == "synthetic" or key.startswith("learned"):
-            node = self.output if key == "synthetic" else self.results[key]
-            return write_contrast(bridge.volume_from_node(node), self.session.result_path(node.GetName(), ".nrrd"),
-                                  bridge.contrast_provenance(node), overwrite=True)  # float32, as synth writes
-        if key in ("segmentation", "volumes"):
+            return bridge.save_scene(self.session.result_path(_SCENE, ".mrb"), self.scene)
+        if key in ("segmentation", "volumes") and key in self.results:
             return self.session.result_path(key, ".nrrd" if key == "segmentation" else ".csv")
-        raise InputError(f"no result {key!r} to download")
+        node = self._node(key)
+        return write_contrast(bridge.volume_from_node(node), self.session.result_path(node.GetName(), ".nrrd"),
+                              bridge.contrast_provenance(node), overwrite=True)  # float32, as synth writes
 
     @trigger("download")
     def download(self, key: str):
         """The bytes of a result, as an attachment the page saves (``utils.download``)."""
         return self.server.protocol.addAttachment(self.result_file(key).read_bytes())
-
-    # ------------------------------------------------------------------ the page
-    def _build_page(self) -> None:
-        with SinglePageWithDrawerLayout(self.server, full_height=True) as page:
-            page.title.set_text("SyntheticMRI")
-            with page.toolbar:
-                v3.VSpacer()
-                html.Div("{{ status }} · {{ synth_ms }} ms · preview {{ preview_ms }} ms", classes="status text-caption mr-4")
-            with page.drawer as drawer:
-                drawer.width = 360
-                v3.VAlert(v_if=("error",), text=("error",), type="error", density="compact", classes="error ma-2",
-                          closable=True, click_close="error = ''")
-                self._maps_panel()
-                self._contrast_panel()
-                self._jobs_panel()
-                self._downloads_panel()
-            with page.content:
-                self.layouts.initialize_layout_grid(page)
-
-    def _maps_panel(self) -> None:
-        v3.VListSubheader("Maps")
-        v3.VSelect(v_model=("source",), items=("sources",), label="Maps", classes="source mx-2", density="compact")
-        v3.VSelect(v_model=("units",), items=("unit_items",), label="T1/T2 units", classes="units mx-2", density="compact")
-        for name in MAP_NAMES:
-            v3.VFileInput(v_model=(f"upload_{name}",), label=f"Upload {_MAP_TITLES[name]} (NRRD, NIfTI, MHA)",
-                          classes=f"upload-{name} mx-2", density="compact", show_size=True, prepend_icon="")
-
-    def _contrast_panel(self) -> None:
-        v3.VListSubheader("Contrast")
-        v3.VSelect(v_model=("contrast",), items=("contrasts",), label="Contrast", classes="contrast mx-2", density="compact")
-        html.Div("{{ description }}", classes="description text-caption mx-3 mb-2")
-        for name in PARAMETERS:
-            v3.VSlider(v_model=(name,), min=(f"{name}_min",), max=(f"{name}_max",), step=1, label=_LABELS[name],
-                       thumb_label=True, hide_details=True, classes=f"{name} mx-2", end=(self.release, f"[{name!r}, $event]"),
-                       v_show=(f"{name!r} === 'tr' || {name!r} === 'te' || needs.includes({name!r})",))
-            html.Div(f"{{{{ {name} }}}}", v_show=(f"{name!r} === 'tr' || {name!r} === 'te' || needs.includes({name!r})",),
-                     classes=f"{name}-value text-caption mx-4 mb-1 text-right")
-        v3.VBtn("Synthesize", click=self.synthesize, classes="synthesize ma-2", size="small")
-
-    def _jobs_panel(self) -> None:
-        v3.VListSubheader("Segmentation and learned contrasts")
-        with html.Div(classes="d-flex flex-wrap ga-2 mx-2"):
-            for command, title in _JOB_TITLES.items():
-                v3.VBtn(title, click=(self.run_job, f"[{command!r}]"), disabled=("job !== ''",), size="small",
-                        classes=f"run-{command}")
-            v3.VBtn("Cancel", click=self.cancel_job, disabled=("job === ''",), size="small", classes="cancel")
-        v3.VProgressLinear(v_show=("job !== ''",), model_value=("job_total ? 100 * job_done / job_total : 0",),
-                           indeterminate=("job !== '' && !job_total",), classes="job-progress mx-2 my-1")
-        html.Div("{{ job_text }}", classes="job-text text-caption mx-3")
-        with v3.VTable(v_show=("structures.length",), density="compact", classes="structures mx-2"):
-            with html.Thead():
-                with html.Tr():
-                    html.Th("Structure")
-                    html.Th("ml", classes="text-right")
-            with html.Tbody():
-                with html.Tr(v_for="row in structures", key="row.name", classes="structure"):
-                    with html.Td():
-                        html.Span(style=("`display:inline-block;width:10px;height:10px;margin-right:6px;background:${row.colour}`",))
-                        html.Span("{{ row.name }}")
-                    html.Td("{{ row.ml.toFixed(2) }}", classes="text-right")
-        with v3.VList(v_show=("learned.length",), density="compact", classes="learned mx-2"):
-            v3.VListItem(v_for="row in learned", key="row.key", title=("row.name",),
-                         click=(self.show_result, "[row.key]"), classes="learned-contrast")
-
-    def _downloads_panel(self) -> None:
-        v3.VListSubheader("Download")
-        with html.Div(classes="downloads mx-2"):
-            v3.VBtn("{{ item.file }}", v_for="item in downloads", key="item.key", size="x-small", variant="tonal",
-                    classes="download ma-1 text-none",
-                    click="utils.download(item.file, trigger('download', [item.key]), 'application/octet-stream')")
 
 
 def _data_sources(data: Optional[str]) -> Dict[str, List[Path]]:

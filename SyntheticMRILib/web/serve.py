@@ -49,13 +49,13 @@ def serve(port: int = 8080, host: str = "127.0.0.1", data: Optional[str] = None,
 
     session = Session(max_upload_mb)
     print(f"session files: {session.folder} (removed when the server stops)", file=err, flush=True)
-    argv = sys.argv
+    argv, app = sys.argv, None
     try:
-        # An upload arrives in one websocket message: the limit bounds it too, with room for its framing.
-        server = get_server("syntheticmri", client_type="vue3", ws_max_msg_size=session.max_upload_bytes + 2**20)
-        app = WebApp(server, session=session, data=data)
+        app = WebApp(get_server("syntheticmri", client_type="vue3"), session=session, data=data)
         sys.argv = argv[:1]  # trame reads its own options from sys.argv; ours are parsed already
         app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
     finally:
         sys.argv = argv
+        if app is not None:
+            app.stop()  # a running job's process ends before its folder goes
         session.close()
