@@ -40,6 +40,12 @@ def make_maps(shape=(9, 11, 13), seed=0) -> dict:
     return {name: Volume(array, **grid) for name, array in (("t1", t1), ("t2", t2), ("pd", pd))}
 
 
+def write_maps(folder: Path, name_format: str = "{name}.nrrd", **options) -> dict:
+    """The maps of :func:`make_maps` (``options``: shape, seed) written as ``folder/name_format``; name -> path."""
+    return {name: write_volume(volume, Path(folder) / name_format.format(name=name))
+            for name, volume in make_maps(**options).items()}
+
+
 @pytest.fixture
 def map_files(tmp_path):
     """The maps of :func:`make_maps` written as NRRD files; returns (paths, volumes)."""

@@ -3,6 +3,7 @@ trame-slicer scene, checked against the library computed independently (the brow
 in Chromium: Testing/test_web_browser.py)."""
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -21,38 +22,46 @@ from SyntheticMRILib.resources import sample_paths
 from SyntheticMRILib.web.serve import NETWORK_WARNING, check_address, serve
 from SyntheticMRILib.web.session import Session, result_name
 
-from conftest import make_maps
+from conftest import make_maps, write_maps
 
 
 # --------------------------------------------------------------------------- the session folder
-def chunks(data: bytes, size: int = 1000):
-    return (data[k:k + size] for k in range(0, len(data), size))
+async def chunks(data: bytes, size: int = 1000):
+    for k in range(0, len(data), size):
+        yield data[k:k + size]
 
 
-def nrrd(tmp_path, **header) -> bytes:
-    """A small NRRD file's bytes, written by SimpleITK, with header lines added or replaced."""
+def receive(session, folder, name, client, data, **options):
+    return asyncio.run(session.receive(folder, name, client, chunks(data), **options))
+
+
+def nrrd(tmp_path, *comments, **header) -> bytes:
+    """A small NRRD file's bytes, written by SimpleITK, with comment lines and header fields added or replaced."""
     path = tmp_path / "small.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.float32)), str(path), useCompression=False)
     head, data = path.read_bytes().split(b"\n\n", 1)
     lines = [line for line in head.decode().splitlines() if line.split(":")[0] not in header]
-    return ("\n".join(lines + [f"{key}: {value}" for key, value in header.items()]) + "\n\n").encode() + data
+    lines = lines[:1] + [f"# {c}" for c in comments] + lines[1:] + [f"{key}: {value}" for key, value in header.items()]
+    return ("\n".join(lines) + "\n\n").encode() + data
 
 
 def test_an_upload_keeps_only_the_extension_of_the_browsers_name(tmp_path):
     session = Session(root=str(tmp_path))
     folder, data = session.new_upload(), nrrd(tmp_path)
-    path = session.receive(folder, "t1", "../../etc/passwd/T1 map.NRRD", chunks(data))
+    path = receive(session, folder, "t1", "../../etc/passwd/T1 map.NRRD", data)
     assert path == session.folder / "uploads" / "1" / "t1.nrrd" and path.read_bytes() == data
-    again = session.receive(folder, "t1", "x.nrrd", chunks(data))  # the same map chosen again replaces it
+    again = receive(session, folder, "t1", "x.nrrd", data)  # the same map chosen again replaces it
     assert sorted(p.name for p in folder.iterdir()) == ["t1.nrrd"] and again.is_file()
     assert session.new_upload() == session.folder / "uploads" / "2"  # a new set never mixes with the last
     for name, content, words in (("t1.nhdr", data, "unsupported file type"), ("t1.mhd", data, "unsupported"),
                                  ("t1.exe", data, "unsupported"), ("t1.nrrd", b"", "empty")):
         with pytest.raises(InputError, match=words):
-            session.receive(folder, "t2", name, chunks(content))
+            receive(session, folder, "t2", name, content)
     with pytest.raises(InputError, match="not a map"):
-        session.receive(folder, "../t1", "t1.nrrd", chunks(data))
-    assert sorted(p.name for p in folder.iterdir()) == ["t1.nrrd"]
+        receive(session, folder, "../t1", "t1.nrrd", data)
+    with pytest.raises(InputError, match="newer file for this map"):  # superseded: never replaces what is there
+        receive(session, folder, "t1", "t1.nrrd", nrrd(tmp_path, "another"), superseded=lambda: True)
+    assert sorted(p.name for p in folder.iterdir()) == ["t1.nrrd"] and (folder / "t1.nrrd").read_bytes() == data
     session.close()
     assert not session.folder.exists()
 
@@ -63,28 +72,33 @@ def test_a_header_that_reads_another_file_or_inflates_is_refused(tmp_path):
     secret.write_bytes(np.arange(120, dtype=np.float32).tobytes())
     session = Session(root=str(tmp_path))
     folder = session.new_upload()
-    with pytest.raises(InputError, match="names a separate data file"):
-        session.receive(folder, "t1", "t1.nrrd", chunks(nrrd(tmp_path, **{"data file": str(secret)})))
-    mha = (f"ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_FLOAT\n"
-           f"ElementDataFile = {secret}\n").encode()
-    with pytest.raises(InputError, match="names a separate data file"):
-        session.receive(folder, "t1", "t1.mha", chunks(mha))
-    with pytest.raises(InputError, match="declares 8,589,934,592 voxels"):
-        session.receive(folder, "t1", "t1.nrrd", chunks(nrrd(tmp_path, sizes="2048 2048 2048")))
+    mha = "ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_FLOAT\n{extra}ElementDataFile = {data}\n"
+    for name, content, words in (
+            ("t1.nrrd", nrrd(tmp_path, **{"data file": secret}), "names a separate data file"),
+            ("t1.nrrd", nrrd(tmp_path, **{"datafile": secret}), "names a separate data file"),
+            ("t1.nrrd", nrrd(tmp_path, *["x" * 100] * 700, **{"data file": secret}), "no end of the header"),
+            ("t1.mha", mha.format(extra="", data=secret).encode(), "names a separate data file"),
+            ("t1.mha", mha.format(extra="Comment = xElementDataFile = LOCAL\n", data=secret).encode(), "separate data"),
+            ("t1.mha", mha.format(extra="ElementNumberOfChannels = 50\n", data="LOCAL").encode(), "50 components"),
+            ("t1.nrrd", nrrd(tmp_path, sizes="2048 2048 2048"), "declares 8,589,934,592 voxels")):
+        with pytest.raises(InputError, match=words):
+            receive(session, folder, "t1", name, content)
     assert list(folder.iterdir()) == []
+    ok = nrrd(tmp_path, "data file: a comment names no file", **{"key:=value": "x"})
+    assert receive(session, folder, "t1", "t1.nrrd", ok).is_file()  # comments and key/value pairs are not fields
 
 
 def test_an_upload_over_the_limit_stops_as_it_streams(tmp_path):
     session = Session(max_upload_mb=1, root=str(tmp_path))
     folder, sent = session.new_upload(), []
 
-    def endless():
+    async def endless():
         while True:
             sent.append(1)
             yield bytes(2**16)
 
     with pytest.raises(InputError, match=r"more than this server accepts \(1 MiB"):
-        session.receive(folder, "pd", "pd.nrrd", endless())
+        asyncio.run(session.receive(folder, "pd", "pd.nrrd", endless()))
     assert len(sent) == 2**20 // 2**16 + 1 and list(folder.iterdir()) == []  # stopped at the first chunk past 1 MiB
     with pytest.raises(InputError, match="must be positive"):
         Session(max_upload_mb=0)
@@ -132,8 +146,7 @@ def app(tmp_path_factory):
 
     study = tmp_path_factory.mktemp("study")
     for k in (1, 2):
-        for name, volume in make_maps(shape=(12, 14, 10), seed=k).items():
-            write_volume(volume, study / f"sub-{k:02d}" / f"{name}.nrrd")
+        write_maps(study / f"sub-{k:02d}", shape=(12, 14, 10), seed=k)
     app = WebApp(get_server("test-web-app", client_type="vue3"), Session(root=str(tmp_path_factory.mktemp("session"))),
                  data=str(study))
     yield app
@@ -216,43 +229,66 @@ def test_segmentation_results_become_the_table_and_downloads(app, tmp_path):
 
 
 def upload(app, files: dict) -> None:
-    """What the page does: each file POSTed to the upload route (app.receive), then app.uploaded."""
-    import asyncio
-
-    async def body(path):
-        yield path.read_bytes()
-
+    """What the page does: each file POSTed to the upload route (app.receive), its answer shown (app.uploaded)."""
     for name, path in files.items():
         try:
-            asyncio.run(app.receive(name, path.name, body(path), path.stat().st_size))
+            app.uploaded(name, True, asyncio.run(app.receive(name, path.name, chunks(path.read_bytes()))))
         except InputError as error:
-            app.uploaded(name, False, f"{path.name}: {error}")
+            app.uploaded(name, False, str(error))
             return
-        app.uploaded(name, True, "received")
+
+
+def test_the_upload_route_refuses_other_sites_and_takes_a_set_of_maps(app, tmp_path):
+    """The aiohttp route the page POSTs to, with the check every request passes (page, websocket, uploads)."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    files = write_maps(tmp_path, shape=(12, 14, 10), seed=3)
+    routes = web.Application()
+    app._bind_routes(SimpleNamespace(app=routes))
+
+    async def session():
+        async with TestClient(TestServer(routes)) as client:
+            async def post(name, client_name, **headers):
+                response = await client.post(f"/upload/{name}?name={client_name}", data=files[name].read_bytes(),
+                                             headers=headers)
+                return response.status, await response.text()
+
+            same_site = {"Origin": f"http://{client.host}:{client.port}"}
+            return [await post("t1", "t1.nrrd", Origin="http://evil.example"),
+                    await post("t1", "t1.nrrd", Host="evil.example:8080"),
+                    await post("t1", "t1.exe", **same_site),
+                    *[await post(name, f"{name}.nrrd", **same_site) for name in files]]
+
+    foreign, rebound, wrong_type, *accepted = asyncio.run(session())
+    assert foreign == (403, "refused: a request from http://evil.example")
+    assert rebound[0] == 403 and "this server answers to" in rebound[1]
+    assert wrong_type[0] == 400 and wrong_type[1].startswith("t1.exe: unsupported file type")
+    assert [status for status, _ in accepted] == [200, 200, 200] and accepted[-1][1] == "Uploaded maps shown."
+    assert app.state.source == "Uploaded maps" and shown(app).shape == read_volume(files["t1"]).array.shape
+    app.open_source("Bundled sample")
 
 
 def test_a_bad_upload_shows_the_librarys_error_and_keeps_the_maps(app, tmp_path):
-    before = shown(app).copy()
+    before, kept = shown(app).copy(), set(app.session.uploads.iterdir())
     flat = tmp_path / "my scan.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 6), np.float32)), str(flat))
     upload(app, {"t1": flat, "t2": sample_paths()["t2"], "pd": sample_paths()["pd"]})
     assert app.state.error == "my scan.nrrd: is 2-D; expected a 3-D volume"
     assert str(app.session.folder) not in app.state.error
     assert np.array_equal(shown(app), before) and app.state.source == "Bundled sample"
-    assert "Uploaded maps" not in app.state.sources
-    assert list(app.session.uploads.iterdir()) == []  # the refused set is gone
+    assert set(app.session.uploads.iterdir()) == kept  # the refused set is gone
 
 
 def test_uploaded_maps_replace_the_shown_ones_and_a_refused_set_never_mixes_in(app, tmp_path):
-    files = {}
-    for name, volume in make_maps(shape=(12, 14, 10), seed=7).items():
-        files[name] = tmp_path / f"{name}.nii.gz"
-        write_volume(volume, files[name])
+    files = write_maps(tmp_path, "{name}.nii.gz", shape=(12, 14, 10), seed=7)
     upload(app, files)
     assert app.state.error == "" and app.state.source == "Uploaded maps"
     checked = load_maps(files["t1"], files["t2"], files["pd"])
     np.testing.assert_allclose(shown(app), expected(checked, app.protocol()), atol=1e-6)
-    (accepted,) = app.session.uploads.iterdir()
+    (accepted,) = app.session.uploads.iterdir()  # the earlier accepted set went when this one replaced it
     assert sorted(p.name for p in accepted.iterdir()) == ["pd.nii.gz", "t1.nii.gz", "t2.nii.gz"]
 
     other = {name: tmp_path / f"other_{name}.nrrd" for name in ("t1", "t2", "pd")}

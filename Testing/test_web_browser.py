@@ -24,6 +24,7 @@ from SyntheticMRILib.physics.synthesis import synthesize_volume
 from SyntheticMRILib.resources import sample_paths
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+from conftest import write_maps  # noqa: E402
 from web_browser import CHROMIUM, AppPage, WebServer, launch  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -56,7 +57,7 @@ def app(server, browser):
 
 
 def set_slider(app: AppPage, name: str, key: str) -> None:
-    """A slider moved with the keyboard (Home/End), as a user may, then released by a click elsewhere."""
+    """A slider moved with the keyboard (Home/End), as a user may: no release event follows a key."""
     app.thumb(name).focus()
     app.page.keyboard.press(key)
     app.page.wait_for_timeout(300)
@@ -205,15 +206,27 @@ def test_bad_uploads_show_the_librarys_error_and_the_session_goes_on(app, tmp_pa
     assert app.page.locator(".source").inner_text().count("Bundled sample") == 1
 
 
+def test_an_accepted_upload_replaces_the_maps(app, tmp_path):
+    files = write_maps(tmp_path, "my {name}.nii.gz", shape=(40, 44, 36), seed=5)
+    before = app.frames()
+    upload(app, files)
+    app.page.wait_for_function("() => document.querySelector('.source').innerText.includes('Uploaded maps')",
+                               timeout=30_000)
+    app.wait_for_new_frame(before)
+    assert app.error() == "" and "Uploaded maps shown" in app.page.locator(".upload-text").inner_text()
+
+
 def test_stopping_the_server_during_a_job_ends_the_job_and_removes_the_session_folder(browser):
     server = WebServer()
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         AppPage(page, server.url).page.locator(".run-segment").click()
         page.wait_for_timeout(1500)
-        assert children(server)
+        running = children(server)
+        assert running
         page.close()
     finally:
         started = time.monotonic()
         assert server.stop(timeout=20) == 0, server.text()[-2000:]
     assert time.monotonic() - started < 15 and not server.session.exists()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in running), "the job's process outlived the server"

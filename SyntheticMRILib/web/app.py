@@ -17,7 +17,8 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
+from urllib.parse import urlsplit
 
 from trame.app import TrameApp, asynchronous
 from trame.decorators import change, trigger
@@ -38,9 +39,10 @@ from ..slicer.logic import CONTRASTS, SyntheticMRILogic, custom_contrast_of, seq
 from .page import MAP_TITLES, UPLOAD_ROUTE, build_page
 from .session import Session
 
-__all__ = ["WebApp", "SAMPLE", "UPLOADED", "SETTLE_S"]
+__all__ = ["WebApp", "SAMPLE", "UPLOADED", "SETTLE_S", "LOOPBACK"]
 
 SAMPLE, UPLOADED = "Bundled sample", "Uploaded maps"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SETTLE_S = 0.4  # after the last slider change (keys send no release): the whole volume follows the preview
 _SCENE = "SyntheticMRI scene"
 
@@ -52,6 +54,8 @@ class WebApp(TrameApp):
         server: a trame server (default: a new one) or its name.
         session: where uploads and results go (default: a new :class:`~SyntheticMRILib.web.session.Session`).
         data: a folder of maps (``t1``, ``t2``, ``pd``) or a study (sub-folders of maps) offered in the map list.
+        hosts: the host names requests may address (default: this machine's loopback names); None: any, for a
+            server on the network (behind a proxy, which knows its names).
 
     Examples::
 
@@ -59,9 +63,11 @@ class WebApp(TrameApp):
         app.server.start(port=8080, host="127.0.0.1")
     """
 
-    def __init__(self, server=None, session: Optional[Session] = None, data: Optional[str] = None) -> None:
+    def __init__(self, server=None, session: Optional[Session] = None, data: Optional[str] = None,
+                 hosts: Optional[Sequence[str]] = LOOPBACK) -> None:
         super().__init__(server)
         self.session = session or Session()
+        self.hosts = None if hosts is None else set(hosts)
         self.sources = {SAMPLE: [Path(sample_paths()[name]) for name in MAP_NAMES], **_data_sources(data)}
         self.server.enable_module(trame_slicer_module)
         self.server.controller.on_server_bind.add(self._bind_routes)
@@ -84,6 +90,7 @@ class WebApp(TrameApp):
         self._edited = False  # a preset was just edited into the custom contrast: keep window and volume
         self._upload: Dict[str, tuple] = {}  # map -> (path, the browser's name) of the set being uploaded
         self._upload_folder: Optional[Path] = None
+        self._generations: Dict[str, int] = {}  # uploads started per map: a newer one supersedes an older
         self._cancel = False
         self._child_done = threading.Event()
         self._child_done.set()
@@ -130,60 +137,87 @@ class WebApp(TrameApp):
             self.open_source(source)
 
     def _bind_routes(self, wslink_server) -> None:
+        """The upload route, and a check on every request (the page, its websocket, uploads) of where it comes from."""
         from aiohttp import web
+
+        @web.middleware
+        async def same_origin(request, handler):
+            # A page of another site the user opens (or a DNS-rebinding name) must not drive this one: browsers send
+            # Origin with websocket handshakes and POSTs, and Host with everything.
+            origin, host = request.headers.get("Origin"), urlsplit("//" + request.host).hostname
+            if origin is not None and urlsplit(origin).netloc != request.host:
+                return web.Response(status=403, text=f"refused: a request from {origin}")
+            if self.hosts is not None and host not in self.hosts:
+                return web.Response(status=403, text=f"refused: this server answers to {', '.join(sorted(self.hosts))}")
+            return await handler(request)
 
         async def receive(request):
             client = request.query.get("name", "")
             try:
-                await self.receive(request.match_info["map"], client, request.content.iter_chunked(1 << 20),
-                                   request.content_length)
+                text = await self.receive(request.match_info["map"], client, request.content.iter_chunked(1 << 20),
+                                          request.content_length)
             except InputError as error:
-                return web.Response(status=400, text=f"{client}: {error}")
-            return web.Response(text="received")
+                return web.Response(status=400, text=str(error))
+            except OSError as error:  # the disk: full, or the session folder gone as the server stops
+                return web.Response(status=500, text=f"{client}: could not be stored ({error.strerror or error})")
+            return web.Response(text=text)
 
+        wslink_server.app.middlewares.append(same_origin)
         wslink_server.app.router.add_post(f"/{UPLOAD_ROUTE}/{{map}}", receive)
 
-    async def receive(self, name: str, client: str, chunks, length: Optional[int] = None) -> Path:
+    async def receive(self, name: str, client: str, chunks, length: Optional[int] = None) -> str:
         """One map of the set being uploaded, streamed from ``chunks`` (an async iterator of bytes; ``length`` as
-        announced) into the session folder; InputError when refused (see
-        :meth:`~SyntheticMRILib.web.session.Session.receive_async`). The page then calls :meth:`uploaded`."""
+        announced) into the session folder; with the three in, they are checked like any maps and shown. Returns
+        what to tell the user; InputError (its message for the user, naming ``client``) when refused: the set is
+        then dropped, and the next file starts a new one.
+        A newer file for the same map, or a new set, supersedes an upload still streaming."""
         if self.state.job:
             raise InputError("wait for the running job to end (or cancel it) before uploading maps")
         if length is not None and length > self.session.max_upload_bytes:
-            raise InputError(f"more than this server accepts ({self.session.max_upload_bytes / 2**20:.0f} MiB; "
+            raise InputError(f"{client}: more than this server accepts ({self.session.max_upload_bytes / 2**20:g} MiB; "
                              "syntheticmri web --max-upload-mb)")
-        self._upload_folder = self._upload_folder or self.session.new_upload()
-        path = await self.session.receive_async(self._upload_folder, name, client, chunks)
+        folder = self._upload_folder = self._upload_folder or self.session.new_upload()
+        generation = self._generations[name] = self._generations.get(name, 0) + 1
+        superseded = lambda: self._upload_folder != folder or self._generations[name] != generation  # noqa: E731
+        try:
+            path = await self.session.receive(folder, name, client, chunks, superseded)
+        except InputError as error:
+            if not superseded():
+                self._drop_upload()
+            raise InputError(f"{client}: {error}") from None
         self._upload[name] = (path, client)
-        return path
-
-    @trigger("uploaded")
-    def uploaded(self, name: str, ok: bool, text: str) -> None:
-        """The page's word on one upload; with the three maps in, they are checked like any maps and shown."""
-        if not ok:
-            self._drop_upload()
-            self.state.update(dict(error=text, upload_text=""))
-            return
         missing = [MAP_TITLES[n] for n in MAP_NAMES if n not in self._upload]
         if missing:
-            self.state.upload_text = f"{MAP_TITLES[name]} received; now {', '.join(missing)}."
-            return
+            return f"{MAP_TITLES[name]} received; now {', '.join(missing)}."
+        with self.state:
+            self._open_upload()
+        return "Uploaded maps shown."
+
+    def _open_upload(self) -> None:
+        """The three maps of the set, checked like any maps; shown, or refused with the library's words."""
         paths, names = [self._upload[n][0] for n in MAP_NAMES], {str(p): c for p, c in self._upload.values()}
         try:
+            if self.state.job:
+                raise InputError("wait for the running job to end (or cancel it) before uploading maps")
             maps = load_maps(*paths, units=self.state.units)
         except InputError as error:  # the library's words, with the browser's file names, not the server's paths
             message = str(error)
             for path, client in names.items():
                 message = message.replace(path, client)
             self._drop_upload()
-            self.state.update(dict(error=message, upload_text=""))
-            return
+            self.state.error = message
+            raise InputError(message) from None
         if UPLOADED in self.sources:
             self.session.drop(self.sources[UPLOADED][0].parent)
         self.sources[UPLOADED], self._upload, self._upload_folder = paths, {}, None
         self._source, self._units = UPLOADED, self.state.units
         self.state.update(dict(sources=list(self.sources), source=UPLOADED, upload_text=""))
         self._show_maps(maps)
+
+    @trigger("uploaded")
+    def uploaded(self, name: str, ok: bool, text: str) -> None:
+        """What the upload route answered the page, shown (the server acted on the upload already)."""
+        self.state.update(dict(upload_text=text, error="") if ok else dict(upload_text="", error=text))
 
     def _drop_upload(self) -> None:
         """Forget the set being uploaded: the next file starts a new one (a refused set never mixes with another)."""
@@ -391,10 +425,13 @@ class WebApp(TrameApp):
         entries.append(("scene", _SCENE, ".mrb"))
         self.state.downloads = [dict(key=key, file=self.session.result_path(label, ext).name) for key, label, ext in entries]
 
-    def result_file(self, key: str) -> Path:
-        """The file of a download entry, written now for the volumes the sliders keep changing and the scene."""
-        if self._stale and key in ("synthetic", "scene"):  # the preview's slices and an older volume: never saved
-            self.synthesize()
+    def result_file(self, key: str, values: Optional[Mapping] = None) -> Path:
+        """The file of a download entry, written now for the volumes the sliders keep changing and the scene;
+        ``values``: the contrast and slider values the page shows, which may not have reached the state yet."""
+        if values:
+            self._apply(values)
+        if key in ("synthetic", "scene") and (self._stale or self._volume != self.protocol()):
+            self.synthesize()  # never the preview's slices over an older volume
         if key == "scene":
             return bridge.save_scene(self.session.result_path(_SCENE, ".mrb"), self.scene)
         if key in ("segmentation", "volumes") and key in self.results:
@@ -403,10 +440,18 @@ class WebApp(TrameApp):
         return write_contrast(bridge.volume_from_node(node), self.session.result_path(node.GetName(), ".nrrd"),
                               bridge.contrast_provenance(node), overwrite=True)  # float32, as synth writes
 
+    def _apply(self, values: Mapping) -> None:
+        contrast = values.get("contrast", self.state.contrast)
+        if contrast != self.state.contrast and contrast in CONTRASTS:
+            self.state.contrast = contrast
+            self._on_contrast(contrast)
+        self.state.update({name: float(values[name]) for name in PARAMETERS if name in values})
+        self._follow_parameters()
+
     @trigger("download")
-    def download(self, key: str):
+    def download(self, key: str, values: Optional[Mapping] = None):
         """The bytes of a result, as an attachment the page saves (``utils.download``)."""
-        return self.server.protocol.addAttachment(self.result_file(key).read_bytes())
+        return self.server.protocol.addAttachment(self.result_file(key, values).read_bytes())
 
 
 def _data_sources(data: Optional[str]) -> Dict[str, List[Path]]:

@@ -109,4 +109,5 @@ def _downloads() -> None:
     with html.Div(classes="downloads mx-2"):
         v3.VBtn("{{ item.file }}", v_for="item in downloads", key="item.key", size="x-small", variant="tonal",
                 classes="download ma-1 text-none",
-                click="utils.download(item.file, trigger('download', [item.key]), 'application/octet-stream')")
+                click="utils.download(item.file, trigger('download', [item.key, "
+                      "{contrast, tr, te, ti, ti2, flip}]), 'application/octet-stream')")

@@ -37,12 +37,13 @@ def check_address(host: str, port: int) -> bool:
 def serve(port: int = 8080, host: str = "127.0.0.1", data: Optional[str] = None,
           max_upload_mb: float = DEFAULT_UPLOAD_MB, open_browser: bool = False, err: TextIO = sys.stderr) -> None:
     """Serve the app on ``host:port`` and block until the server stops; the session's files go with it."""
-    if check_address(host, port):
+    network = check_address(host, port)
+    if network:
         print(NETWORK_WARNING.format(host=host, port=port), file=err, flush=True)
     try:
         from trame.app import get_server
 
-        from .app import WebApp
+        from .app import LOOPBACK, WebApp
     except ImportError as error:  # the optional group is not installed
         raise InputError(f"the web app needs {error.name or 'trame-slicer'}: pip install '{WEB_REQUIREMENT}'") from None
     from .session import Session
@@ -51,7 +52,8 @@ def serve(port: int = 8080, host: str = "127.0.0.1", data: Optional[str] = None,
     print(f"session files: {session.folder} (removed when the server stops)", file=err, flush=True)
     argv, app = sys.argv, None
     try:
-        app = WebApp(get_server("syntheticmri", client_type="vue3"), session=session, data=data)
+        app = WebApp(get_server("syntheticmri", client_type="vue3"), session=session, data=data,
+                     hosts=None if network else (*LOOPBACK, host))
         sys.argv = argv[:1]  # trame reads its own options from sys.argv; ours are parsed already
         app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
     finally:

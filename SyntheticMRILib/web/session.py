@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Optional
 
 import SimpleITK as sitk
 
@@ -29,6 +30,7 @@ DEFAULT_UPLOAD_MB = 1024.0  # a 512^3 float32 map is 512 MiB; a whole-brain map 
 UPLOAD_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")  # single files: no detached data (.nhdr, .mhd, .hdr)
 MAX_VOXELS = 512**3  # per map: 0.5 GiB as float32, and the app holds a few copies
 _HEADER_BYTES = 1 << 16  # NRRD and MetaImage headers are text, well under this
+_SUPERSEDED = "not kept: a newer file for this map, or a new set of maps, was chosen meanwhile"
 
 
 def result_name(label: str, extension: str) -> str:
@@ -45,24 +47,39 @@ def _extension(client_name: str) -> str:
     return found
 
 
+def _header_lines(path: Path, end) -> list:
+    """The header's lines up to the one ``end(line)`` accepts (included); InputError if none does within the cap."""
+    with open(path, "rb") as handle:
+        head = handle.read(_HEADER_BYTES)
+    lines = []
+    for raw in head.split(b"\n")[:-1]:  # the last piece may be cut off by the cap
+        line = raw.rstrip(b"\r").decode("latin-1")
+        lines.append(line)
+        if end(line):
+            return lines
+    raise InputError(f"no end of the header within its first {_HEADER_BYTES // 1024} KiB")
+
+
 def _check_header(path: Path) -> None:
-    """Refuse a header that points at another file, or declares more voxels than :data:`MAX_VOXELS`."""
-    if path.suffix in (".nrrd", ".mha"):
-        with open(path, "rb") as handle:
-            head = handle.read(_HEADER_BYTES).split(b"\n\n" if path.suffix == ".nrrd" else b"ElementDataFile", 1)
-        text = head[0].decode("latin-1").lower()
-        if path.suffix == ".nrrd" and re.search(r"^\s*data ?file\s*:", text, re.M):
-            raise InputError("the NRRD header names a separate data file; upload a NRRD with its data inside")
-        if path.suffix == ".mha":
-            rest = head[1].decode("latin-1").split("\n", 1)[0] if len(head) > 1 else ""
-            if rest.strip(" =\r").upper() != "LOCAL":
-                raise InputError("the MetaImage header names a separate data file; upload an .mha with its data inside")
+    """Refuse a header that points at another file, or declares more than one component or :data:`MAX_VOXELS` voxels.
+    NRRD: fields ``key: value`` up to the first empty line; MetaImage: ``Key = Value`` up to ``ElementDataFile``, the
+    last field, which must be ``LOCAL``. Keys are read at the start of a line only, as the readers read them."""
+    if path.suffix == ".nrrd":
+        for line in _header_lines(path, lambda line: line == ""):
+            if not line.startswith("#") and ":=" not in line and line.split(":", 1)[0].strip().lower() in ("data file", "datafile"):
+                raise InputError("the NRRD header names a separate data file; upload a NRRD with its data inside")
+    if path.suffix == ".mha":
+        last = _header_lines(path, lambda line: line.split("=", 1)[0].strip().lower() == "elementdatafile")[-1]
+        if last.split("=", 1)[-1].strip().upper() != "LOCAL":
+            raise InputError("the MetaImage header names a separate data file; upload an .mha with its data inside")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         return  # not readable as an image: read_volume says so in the library's words
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(f"has {reader.GetNumberOfComponents()} components per voxel; expected a scalar 3-D map")
     voxels = 1
     for n in reader.GetSize():
         voxels *= int(n)
@@ -82,7 +99,7 @@ class Session:
 
         session = Session(max_upload_mb=100)
         folder = session.new_upload()
-        path = session.receive(folder, "t1", "../../etc/T1 map.nii.gz", chunks)  # -> <folder>/t1.nii.gz
+        path = await session.receive(folder, "t1", "../../etc/T1 map.nii.gz", body)  # -> <folder>/t1.nii.gz
         session.close()
     """
 
@@ -109,47 +126,35 @@ class Session:
             raise InputError(f"{map_name!r}: not a map; expected one of {', '.join(MAP_NAMES)}")
         return folder / (map_name + _extension(client_name))
 
-    def receive(self, folder: Path, map_name: str, client_name: str, chunks: Iterator[bytes]) -> Path:
-        """Store ``map_name`` from ``chunks`` (bytes as they arrive) in ``folder``, checking the size as it grows and
-        the header when complete; on any refusal nothing is left. See :meth:`receive_async` for a stream."""
+    async def receive(self, folder: Path, map_name: str, client_name: str, chunks,
+                      superseded: Callable[[], bool] = lambda: False) -> Path:
+        """Store ``map_name`` in ``folder`` from ``chunks`` (an async iterator of bytes, e.g. an HTTP body), the size
+        checked as it grows and the header once complete, under a name of its own until then: a refused,
+        ``superseded()`` or concurrent upload of the same map never leaves or touches another's file."""
         path = self.target(folder, map_name, client_name)
-        with self._writing(path) as write:
-            for chunk in chunks:
-                write(chunk)
-        return path
-
-    async def receive_async(self, folder: Path, map_name: str, client_name: str, chunks) -> Path:
-        """:meth:`receive` for an asynchronous iterator of chunks (an HTTP request body)."""
-        path = self.target(folder, map_name, client_name)
-        with self._writing(path) as write:
-            async for chunk in chunks:
-                write(chunk)
-        return path
-
-    @contextmanager
-    def _writing(self, path: Path):
-        """``write(chunk)`` into ``path``, the size checked as it grows, the header once complete; refused: no file."""
-        for old in path.parent.glob(path.name.split(".")[0] + ".*"):  # this map, chosen again
-            old.unlink()
+        partial = folder / f".partial-{uuid.uuid4().hex}{path.name[len(map_name):]}"
         size = 0
-
-        def write(chunk: bytes) -> None:
-            nonlocal size
-            size += len(chunk)
-            if size > self.max_upload_bytes:
-                raise InputError(f"more than this server accepts ({self.max_upload_bytes / 2**20:.0f} MiB; "
-                                 "syntheticmri web --max-upload-mb)")
-            handle.write(chunk)
-
         try:
-            with open(path, "wb") as handle:
-                yield write
+            with open(partial, "wb") as handle:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_upload_bytes:
+                        raise InputError(f"more than this server accepts ({self.max_upload_bytes / 2**20:g} MiB; "
+                                         "syntheticmri web --max-upload-mb)")
+                    if superseded():
+                        raise InputError(_SUPERSEDED)
+                    handle.write(chunk)
             if size == 0:
                 raise InputError("the file is empty")
-            _check_header(path)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+            _check_header(partial)
+            if superseded():
+                raise InputError(_SUPERSEDED)
+            for old in folder.glob(map_name + ".*"):  # this map chosen before, in another format
+                old.unlink()
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
 
     def drop(self, folder: Path) -> None:
         """Remove an upload folder (a set that was refused, or replaced)."""
