@@ -59,7 +59,7 @@ def test_an_upload_keeps_only_the_extension_of_the_browsers_name(tmp_path):
             receive(session, folder, "t2", name, content)
     with pytest.raises(InputError, match="not a map"):
         receive(session, folder, "../t1", "t1.nrrd", data)
-    with pytest.raises(InputError, match="newer file for this map"):  # superseded: never replaces what is there
+    with pytest.raises(InputError, match="superseded"):  # never replaces what is there
         receive(session, folder, "t1", "t1.nrrd", nrrd(tmp_path, "another"), superseded=lambda: True)
     assert sorted(p.name for p in folder.iterdir()) == ["t1.nrrd"] and (folder / "t1.nrrd").read_bytes() == data
     session.close()
@@ -80,6 +80,8 @@ def test_a_header_that_reads_another_file_or_inflates_is_refused(tmp_path):
             ("t1.mha", mha.format(extra="", data=secret).encode(), "names a separate data file"),
             ("t1.mha", mha.format(extra="Comment = xElementDataFile = LOCAL\n", data=secret).encode(), "separate data"),
             ("t1.mha", mha.format(extra="ElementNumberOfChannels = 50\n", data="LOCAL").encode(), "50 components"),
+            ("t1.mha", mha.format(extra=f"ElementDataFile: {secret}\n", data="LOCAL").encode(), "separate data"),
+            ("t1.nrrd", nrrd(tmp_path, f"comment\rdata file: {secret}"), "names a separate data file"),
             ("t1.nrrd", nrrd(tmp_path, sizes="2048 2048 2048"), "declares 8,589,934,592 voxels")):
         with pytest.raises(InputError, match=words):
             receive(session, folder, "t1", name, content)
@@ -257,6 +259,10 @@ def test_the_upload_route_refuses_other_sites_and_takes_a_set_of_maps(app, tmp_p
                 return response.status, await response.text()
 
             same_site = {"Origin": f"http://{client.host}:{client.port}"}
+            app.hosts.add("mri.example.org")  # --allow-host: a proxy's public name, forwarded as the Host
+            proxied = await post("t1", "t1.exe", Host="mri.example.org", Origin="https://mri.example.org")
+            app.hosts.discard("mri.example.org")
+            assert proxied[0] == 400  # through the check, to the route (which refuses the file type)
             return [await post("t1", "t1.nrrd", Origin="http://evil.example"),
                     await post("t1", "t1.nrrd", Host="evil.example:8080"),
                     await post("t1", "t1.exe", **same_site),
@@ -314,6 +320,30 @@ def test_a_download_after_a_preview_is_the_whole_volume_at_the_new_values(app):
     path = app.result_file("synthetic")
     np.testing.assert_allclose(read_volume(path).array, expected(sample, Protocol("se", 4500, 130)), atol=1e-6)
     assert read_provenance(path).protocol == Protocol("se", 4500, 130)
+
+
+def test_a_download_sent_with_values_older_than_the_servers_keeps_the_servers(app):
+    """A preset just chosen: the server set its values, the page has not heard yet and sends the old ones."""
+    sample = load_maps(*(sample_paths()[n] for n in ("t1", "t2", "pd")))
+    app.open_source("Bundled sample")
+    page_rev, old_values = app.state.values_rev, {n: app.state[n] for n in PARAMETERS}
+    app.state.contrast = "PDw"
+    app._on_contrast("PDw")
+    path = app.result_file("synthetic", {"contrast": "PDw", **old_values, "rev": page_rev})
+    assert read_provenance(path).protocol == Protocol("se", **preset_values("PDw")) and app.state.contrast == "PDw"
+    np.testing.assert_allclose(read_volume(path).array, expected(sample, Protocol("se", **preset_values("PDw"))),
+                               atol=1e-6)
+    current = {**{n: app.state[n] for n in PARAMETERS}, "te": 20.0, "rev": app.state.values_rev}
+    path = app.result_file("synthetic", {"contrast": "PDw", **current})  # newer than the state: applied
+    assert read_provenance(path).protocol == Protocol("se", 4000, 20) and app.state.contrast == "Custom spin echo"
+
+
+def test_a_file_dropped_with_its_refused_set_leaves_the_refusal_on_screen(app):
+    app.state.error = "pd.nrrd: the file is empty"
+    app.uploaded("t2", False, "t2.nrrd: not kept: the set of maps it belonged to was refused or replaced meanwhile")
+    assert app.state.error == "pd.nrrd: the file is empty"
+    app.uploaded("t2", True, "T2 map received; now T1 map, PD map.")
+    assert app.state.error == "" and app.state.upload_text.startswith("T2 map received")
 
 
 def test_the_maps_stay_while_a_job_runs(app):

@@ -137,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
                           "without authentication)")
     web.add_argument("--data", type=Path, help="a folder of maps (t1, t2, pd) or a study of such folders, offered in the page")
     web.add_argument("--max-upload-mb", type=float, default=DEFAULT_UPLOAD_MB, help="largest upload accepted, MiB")
+    web.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="also answer requests addressed to NAME (a reverse proxy's public name; repeatable)")
     web.add_argument("--open", action="store_true", help="open the page in this machine's browser")
     return parser
 
@@ -403,7 +405,8 @@ def cmd_train_seg(args: argparse.Namespace) -> None:
 def cmd_web(args: argparse.Namespace) -> None:
     from ..web.serve import serve
 
-    serve(args.port, args.host, None if args.data is None else str(args.data), args.max_upload_mb, args.open)
+    serve(args.port, args.host, None if args.data is None else str(args.data), args.max_upload_mb, args.open,
+          args.allow_host)
 
 
 COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,

@@ -45,6 +45,7 @@ SAMPLE, UPLOADED = "Bundled sample", "Uploaded maps"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SETTLE_S = 0.4  # after the last slider change (keys send no release): the whole volume follows the preview
 _SCENE = "SyntheticMRI scene"
+_SET_DROPPED = "not kept: the set of maps it belonged to was refused or replaced meanwhile"
 
 
 class WebApp(TrameApp):
@@ -98,7 +99,7 @@ class WebApp(TrameApp):
             sources=list(self.sources), source=SAMPLE, units="ms", unit_items=list(UNITS), contrasts=list(CONTRASTS),
             contrast=START_CONTRAST, sequence=sequence_of(START_CONTRAST), needs=list(SEQUENCES[sequence_of(START_CONTRAST)].needs),
             description=self.logic.contrastDescription(START_CONTRAST), error="", status="", preview_ms=0, synth_ms=0,
-            upload_text="", job="", job_done=0, job_total=0, job_text="", structures=[], learned=[], downloads=[],
+            upload_text="", values_rev=0, job="", job_done=0, job_total=0, job_text="", structures=[], learned=[], downloads=[],
             **start_values()))
         self._bounds()
         with bridge.QuietVTK():
@@ -144,7 +145,11 @@ class WebApp(TrameApp):
         async def same_origin(request, handler):
             # A page of another site the user opens (or a DNS-rebinding name) must not drive this one: browsers send
             # Origin with websocket handshakes and POSTs, and Host with everything.
-            origin, host = request.headers.get("Origin"), urlsplit("//" + request.host).hostname
+            origin = request.headers.get("Origin")
+            try:
+                host = urlsplit("//" + request.host).hostname
+            except ValueError:  # a malformed Host
+                return web.Response(status=403, text="refused: a malformed Host")
             if origin is not None and urlsplit(origin).netloc != request.host:
                 return web.Response(status=403, text=f"refused: a request from {origin}")
             if self.hosts is not None and host not in self.hosts:
@@ -182,8 +187,11 @@ class WebApp(TrameApp):
         try:
             path = await self.session.receive(folder, name, client, chunks, superseded)
         except InputError as error:
-            if not superseded():
-                self._drop_upload()
+            if self._upload_folder != folder:
+                raise InputError(f"{client}: {_SET_DROPPED}") from None
+            if superseded():
+                raise InputError(f"{client}: not kept: a newer file for this map was chosen meanwhile") from None
+            self._drop_upload()
             raise InputError(f"{client}: {error}") from None
         self._upload[name] = (path, client)
         missing = [MAP_TITLES[n] for n in MAP_NAMES if n not in self._upload]
@@ -216,8 +224,12 @@ class WebApp(TrameApp):
 
     @trigger("uploaded")
     def uploaded(self, name: str, ok: bool, text: str) -> None:
-        """What the upload route answered the page, shown (the server acted on the upload already)."""
-        self.state.update(dict(upload_text=text, error="") if ok else dict(upload_text="", error=text))
+        """What the upload route answered the page, shown (the server acted on the upload already); a file dropped
+        with its refused set leaves the refusal on screen."""
+        if ok:
+            self.state.update(dict(upload_text=text, error=""))
+        elif not (text.endswith(_SET_DROPPED) and self.state.error):
+            self.state.update(dict(upload_text="", error=text))
 
     def _drop_upload(self) -> None:
         """Forget the set being uploaded: the next file starts a new one (a refused set never mixes with another)."""
@@ -291,7 +303,10 @@ class WebApp(TrameApp):
         s, sequence = self.state, sequence_of(self.state.contrast)
         values = clamp_parameters({name: float(s[name]) for name in PARAMETERS}, sequence)
         bounds = parameter_bounds(values["tr"], values["ti"], sequence)
-        s.update({name: value for name, value in values.items() if s[name] != value})
+        changed = {name: value for name, value in values.items() if s[name] != value}
+        if changed:
+            s.update(changed)
+            s.values_rev += 1
         s.update({f"{name}_min": low for name, (low, _) in bounds.items()})
         s.update({f"{name}_max": high for name, (_, high) in bounds.items()})
 
@@ -303,6 +318,7 @@ class WebApp(TrameApp):
         edited, self._edited = self._edited, False
         if contrast in PRESETS:
             self.state.update(preset_values(contrast))
+            self.state.values_rev += 1
         self._bounds()
         if self.maps and not edited:  # an edit keeps the window: the image changes as the slider moves
             self.synthesize(reset=True)
@@ -352,11 +368,11 @@ class WebApp(TrameApp):
             finally:
                 self._child_done.set()
 
-        try:
-            folder, argv = self.logic.mapsJob(command, *self._map_nodes(), temporaryPath=str(self.session.folder))
-            self._child_done.clear()
-            code, stderr = await asyncio.to_thread(child, argv)
-            with self.state:
+        with self.state:  # one update of the page at the end: the outcome and the buttons back together
+            try:
+                folder, argv = self.logic.mapsJob(command, *self._map_nodes(), temporaryPath=str(self.session.folder))
+                self._child_done.clear()
+                code, stderr = await asyncio.to_thread(child, argv)
                 if code == 0 and self.maps == maps:
                     self._load_results(command, Path(folder))
                 elif code == 0:
@@ -365,15 +381,13 @@ class WebApp(TrameApp):
                     self.state.job_text = "Cancelled."
                 else:
                     self.state.update(dict(job_text="", error=jobs.error_line(stderr) or f"exit code {code}"))
-        except Exception as error:  # shown in the page: an InputError in the library's words, anything else too
-            if not isinstance(error, InputError):
-                logging.exception("SyntheticMRI web: %s failed", command)
-            with self.state:
+            except Exception as error:  # shown in the page: an InputError in the library's words, anything else too
+                if not isinstance(error, InputError):
+                    logging.exception("SyntheticMRI web: %s failed", command)
                 self.state.update(dict(job_text="", error=str(error)))
-        finally:
-            if folder is not None:
-                self.logic.removeJobFolder(folder)
-            with self.state:
+            finally:
+                if folder is not None:
+                    self.logic.removeJobFolder(folder)
                 self.state.job = ""
 
     def _show_progress(self, done: int, total: int, what: str) -> None:
@@ -441,6 +455,10 @@ class WebApp(TrameApp):
                               bridge.contrast_provenance(node), overwrite=True)  # float32, as synth writes
 
     def _apply(self, values: Mapping) -> None:
+        """The page's contrast and slider values, unless the server has set the values since the page last heard
+        (``values_rev``: a preset just chosen, a value clamped)."""
+        if int(values.get("rev", -1)) < self.state.values_rev:
+            return
         contrast = values.get("contrast", self.state.contrast)
         if contrast != self.state.contrast and contrast in CONTRASTS:
             self.state.contrast = contrast

@@ -110,4 +110,4 @@ def _downloads() -> None:
         v3.VBtn("{{ item.file }}", v_for="item in downloads", key="item.key", size="x-small", variant="tonal",
                 classes="download ma-1 text-none",
                 click="utils.download(item.file, trigger('download', [item.key, "
-                      "{contrast, tr, te, ti, ti2, flip}]), 'application/octet-stream')")
+                      "{contrast, tr, te, ti, ti2, flip, rev: values_rev}]), 'application/octet-stream')")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from typing import Optional, TextIO
+from typing import Optional, Sequence, TextIO
 
 from ..errors import InputError
 from .session import DEFAULT_UPLOAD_MB
@@ -35,8 +35,11 @@ def check_address(host: str, port: int) -> bool:
 
 
 def serve(port: int = 8080, host: str = "127.0.0.1", data: Optional[str] = None,
-          max_upload_mb: float = DEFAULT_UPLOAD_MB, open_browser: bool = False, err: TextIO = sys.stderr) -> None:
-    """Serve the app on ``host:port`` and block until the server stops; the session's files go with it."""
+          max_upload_mb: float = DEFAULT_UPLOAD_MB, open_browser: bool = False, allow_hosts: Sequence[str] = (),
+          err: TextIO = sys.stderr) -> None:
+    """Serve the app on ``host:port`` and block until the server stops; the session's files go with it.
+    ``allow_hosts``: names besides this machine's loopback ones that requests may address (a reverse proxy's
+    public name, forwarded with the browser's Host header); a server on the network answers to any."""
     network = check_address(host, port)
     if network:
         print(NETWORK_WARNING.format(host=host, port=port), file=err, flush=True)
@@ -53,7 +56,7 @@ def serve(port: int = 8080, host: str = "127.0.0.1", data: Optional[str] = None,
     argv, app = sys.argv, None
     try:
         app = WebApp(get_server("syntheticmri", client_type="vue3"), session=session, data=data,
-                     hosts=None if network else (*LOOPBACK, host))
+                     hosts=None if network else (*LOOPBACK, host, *allow_hosts))
         sys.argv = argv[:1]  # trame reads its own options from sys.argv; ours are parsed already
         app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
     finally:

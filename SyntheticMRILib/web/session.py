@@ -30,7 +30,7 @@ DEFAULT_UPLOAD_MB = 1024.0  # a 512^3 float32 map is 512 MiB; a whole-brain map 
 UPLOAD_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")  # single files: no detached data (.nhdr, .mhd, .hdr)
 MAX_VOXELS = 512**3  # per map: 0.5 GiB as float32, and the app holds a few copies
 _HEADER_BYTES = 1 << 16  # NRRD and MetaImage headers are text, well under this
-_SUPERSEDED = "not kept: a newer file for this map, or a new set of maps, was chosen meanwhile"
+_SUPERSEDED = "not kept: superseded while it arrived"  # the app says by what
 
 
 def result_name(label: str, extension: str) -> str:
@@ -52,8 +52,8 @@ def _header_lines(path: Path, end) -> list:
     with open(path, "rb") as handle:
         head = handle.read(_HEADER_BYTES)
     lines = []
-    for raw in head.split(b"\n")[:-1]:  # the last piece may be cut off by the cap
-        line = raw.rstrip(b"\r").decode("latin-1")
+    for raw in re.split(rb"\r\n|\r|\n", head)[:-1]:  # the readers end a line at any of these; the last piece may be cut
+        line = raw.decode("latin-1")
         lines.append(line)
         if end(line):
             return lines
@@ -62,15 +62,16 @@ def _header_lines(path: Path, end) -> list:
 
 def _check_header(path: Path) -> None:
     """Refuse a header that points at another file, or declares more than one component or :data:`MAX_VOXELS` voxels.
-    NRRD: fields ``key: value`` up to the first empty line; MetaImage: ``Key = Value`` up to ``ElementDataFile``, the
-    last field, which must be ``LOCAL``. Keys are read at the start of a line only, as the readers read them."""
+    NRRD: fields ``key: value`` up to the first empty line; MetaImage: ``Key = Value`` (or ``Key: Value``) up to
+    ``ElementDataFile``, the last field, which must be ``LOCAL``. Lines end at CR, LF or CRLF, keys are read at the
+    start of a line: as the readers read them."""
     if path.suffix == ".nrrd":
         for line in _header_lines(path, lambda line: line == ""):
             if not line.startswith("#") and ":=" not in line and line.split(":", 1)[0].strip().lower() in ("data file", "datafile"):
                 raise InputError("the NRRD header names a separate data file; upload a NRRD with its data inside")
-    if path.suffix == ".mha":
-        last = _header_lines(path, lambda line: line.split("=", 1)[0].strip().lower() == "elementdatafile")[-1]
-        if last.split("=", 1)[-1].strip().upper() != "LOCAL":
+    if path.suffix == ".mha":  # MetaIO takes "=" or ":" between key and value, and stops at the first ElementDataFile
+        last = _header_lines(path, lambda line: re.split(r"[=:]", line, 1)[0].strip().lower() == "elementdatafile")[-1]
+        if re.split(r"[=:]", last, 1)[-1].strip().upper() != "LOCAL":
             raise InputError("the MetaImage header names a separate data file; upload an .mha with its data inside")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -144,11 +145,11 @@ class Session:
                     if superseded():
                         raise InputError(_SUPERSEDED)
                     handle.write(chunk)
+            if superseded():  # dropped while the body ended: no await from here to the rename
+                raise InputError(_SUPERSEDED)
             if size == 0:
                 raise InputError("the file is empty")
             _check_header(partial)
-            if superseded():
-                raise InputError(_SUPERSEDED)
             for old in folder.glob(map_name + ".*"):  # this map chosen before, in another format
                 old.unlink()
             os.replace(partial, path)
