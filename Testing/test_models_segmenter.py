@@ -15,8 +15,9 @@ from SyntheticMRILib.io.labels import label_table, write_seg_nrrd
 from SyntheticMRILib.io.maps import load_maps, prepare_maps
 from SyntheticMRILib.io.labels import STRUCTURES
 from SyntheticMRILib.resources import resource_path, sample_paths, sha256
+from SyntheticMRILib.models import segmenter
 from SyntheticMRILib.models.segmenter import (default_model_path, keep_largest_components, label_dice, load_model,
-                                          segment, structure_dice)
+                                          predict_classes, segment, structure_box, structure_dice)
 from SyntheticMRILib.io.volumes import Volume, read_volume, write_volume
 
 from conftest import oblique_left_handed_direction
@@ -52,6 +53,56 @@ def test_segment_on_the_sample_reaches_the_dice_bar_on_its_grid(sample, sample_s
     dice = structure_dice(sample_segmentation.array, labels.array)
     assert np.mean(list(dice.values())) >= 0.80, dice
     assert min(dice.values()) >= 0.5, dice
+
+
+def head_box_tensors(*arrays):
+    """T1, T2, PD (``[k, j, i]`` arrays) cut to the head's bounding box, as predict_classes gives them."""
+    head = np.argwhere(arrays[2] > 0)
+    (k0, j0, i0), (k1, j1, i1) = head.min(0), head.max(0) + 1
+    return [torch.from_numpy(np.ascontiguousarray(a[k0:k1, j0:j1, i0:i1], dtype=np.float32)) for a in arrays], (k0, j0, i0)
+
+
+@pytest.mark.parametrize("moved", ["as it is", "flipped and moved"])
+def test_the_search_box_holds_every_structure_and_a_fraction_of_the_head(sample, moved):
+    """The box comes from the maps (the network's first pass), not from where the structures usually are."""
+    maps, labels = sample
+    arrays = [maps.t1, maps.t2, maps.pd, labels.array]
+    if moved != "as it is":  # L-R flipped, and 25 voxels further anterior-posterior in a larger field of view
+        arrays = [np.pad(a[:, :, ::-1], ((0, 0), (25, 0), (0, 0))) for a in arrays]
+    tensors, origin = head_box_tensors(*arrays[:3])
+    box = structure_box(load_model(), tensors, torch.device("cpu"))
+    inside = np.zeros(tensors[0].shape, bool)
+    inside[box] = True
+    truth = np.isin(arrays[3], list(STRUCTURES.values()))[tuple(slice(o, o + n) for o, n in zip(origin, inside.shape))]
+    assert truth.sum() > 0 and np.all(inside[truth]), "a structure voxel lies outside the box"
+    assert inside.mean() < 0.2, f"the box holds {inside.mean():.0%} of the head box"
+
+
+def test_segmenting_the_box_is_no_worse_than_every_slice(sample):
+    maps, labels = sample
+    model = load_model()
+    every = structure_dice(np.asarray(segmenter.LABELS, np.uint16)[keep_largest_components(
+        predict_classes(model, maps.t1, maps.t2, maps.pd, search=False))], labels.array)
+    boxed = structure_dice(np.asarray(segmenter.LABELS, np.uint16)[keep_largest_components(
+        predict_classes(model, maps.t1, maps.t2, maps.pd))], labels.array)
+    assert np.mean(list(boxed.values())) >= np.mean(list(every.values())) - 0.005, (boxed, every)
+
+
+def test_when_the_search_finds_nothing_every_head_slice_is_segmented(sample, monkeypatch):
+    maps, _ = sample
+    seen = []
+
+    def background(model, images):
+        seen.append(tuple(images.shape))
+        return np.zeros((images.shape[0], *images.shape[-2:]), np.uint8)
+
+    monkeypatch.setattr(segmenter, "_classes", background)
+    predict_classes(load_model(), maps.t1, maps.t2, maps.pd)
+    tensors, _ = head_box_tensors(maps.t1, maps.t2, maps.pd)
+    depth, height, width = tensors[0].shape
+    searched = len(range(0, depth, segmenter.SEARCH_STRIDE))
+    assert sum(shape[0] for shape in seen) == searched + depth  # the search, then every slice of the head box
+    assert all(shape[-2:] == (height, width) for shape in seen)
 
 
 def test_dice_counts_a_missed_structure_as_zero_and_one_absent_from_both_as_one():

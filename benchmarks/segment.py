@@ -1,8 +1,9 @@
 """Benchmark of whole-brain subcortical segmentation: the shipped model vs its baselines, time and peak memory.
 
 The bundled sample (186 x 219 x 172 at 1 mm) goes through the very path of ``syntheticmri segment``
-(SyntheticMRILib.models.segmenter.segment: input checks, learned contrasts, the U-Net slice by slice,
-largest connected components). Every model runs in a fresh process so that its peak memory (the
+(SyntheticMRILib.models.segmenter.segment: input checks, learned contrasts, the search for the structures'
+box, the U-Net on it slice by slice, largest connected components). The shipped model also runs on every
+slice of the head, as before the box search (``search=False``). Every model runs in a fresh process so that its peak memory (the
 process's maximum resident set; on a GPU also torch's peak allocation) is its own. The alternatives,
 in the same run on the same maps: the fixed clinical contrasts (T1w + T2w + T2-FLAIR) and the raw
 maps, each through the same U-Net, from Resources/Models/baselines. Printed anchors (not measured
@@ -28,10 +29,11 @@ import time
 import torch
 
 MODELS = {"learned contrast (shipped)": ("subcortical.pt",), "fixed clinical contrasts": ("baselines", "fixed.pt"),
-          "raw T1/T2/PD maps": ("baselines", "maps.pt")}
+          "raw T1/T2/PD maps": ("baselines", "maps.pt"), "shipped, every slice (before)": ("subcortical.pt",)}
+EVERY_SLICE = "shipped, every slice (before)"  # the same network without the structure box (search=False)
 
 
-def measure(model_parts, device_name: str, repeat: int) -> dict:
+def measure(name: str, device_name: str, repeat: int) -> dict:
     """In this process: load the sample, segment it ``repeat`` times, report the best time and the peak memory."""
     from SyntheticMRILib.io.maps import load_maps
     from SyntheticMRILib.resources import resource_path, sample_paths
@@ -40,16 +42,17 @@ def measure(model_parts, device_name: str, repeat: int) -> dict:
     device = torch.device(device_name)
     paths = sample_paths()
     maps = load_maps(paths["t1"], paths["t2"], paths["pd"])
-    model = load_model(resource_path("Models", *model_parts), device)
+    model = load_model(resource_path("Models", *MODELS[name]), device)
+    search = name != EVERY_SLICE
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    segment(maps, model, device)  # warm-up: allocator, kernels, caches
+    segment(maps, model, device, search=search)  # warm-up: allocator, kernels, caches
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeat):
         sync()
         start = time.perf_counter()
-        segment(maps, model, device)
+        segment(maps, model, device, search=search)
         sync()
         times.append(time.perf_counter() - start)
     return {"seconds": min(times), "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
@@ -84,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(MODELS[args.one], args.device, args.repeat)))
+        print(json.dumps(measure(args.one, args.device, args.repeat)))
         return
     results = {}
     for name in MODELS:
