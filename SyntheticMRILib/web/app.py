@@ -37,7 +37,7 @@ from ..resources import sample_paths
 from ..slicer import bridge
 from ..slicer.logic import CONTRASTS, SyntheticMRILogic, custom_contrast_of, sequence_of
 from .page import MAP_TITLES, UPLOAD_ROUTE, build_page
-from .session import Session
+from .session import SET_DROPPED, Session, UploadSet
 
 __all__ = ["WebApp", "SAMPLE", "UPLOADED", "SETTLE_S", "LOOPBACK"]
 
@@ -45,7 +45,6 @@ SAMPLE, UPLOADED = "Bundled sample", "Uploaded maps"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SETTLE_S = 0.4  # after the last slider change (keys send no release): the whole volume follows the preview
 _SCENE = "SyntheticMRI scene"
-_SET_DROPPED = "not kept: the set of maps it belonged to was refused or replaced meanwhile"
 
 
 class WebApp(TrameApp):
@@ -89,9 +88,7 @@ class WebApp(TrameApp):
         self._stale = False  # the preview changed voxels since: downloads and SETTLE_S make the whole volume
         self._settle: Optional[asyncio.TimerHandle] = None
         self._edited = False  # a preset was just edited into the custom contrast: keep window and volume
-        self._upload: Dict[str, tuple] = {}  # map -> (path, the browser's name) of the set being uploaded
-        self._upload_folder: Optional[Path] = None
-        self._generations: Dict[str, int] = {}  # uploads started per map: a newer one supersedes an older
+        self.uploads = UploadSet(self.session)  # the maps being uploaded
         self._cancel = False
         self._child_done = threading.Event()
         self._child_done.set()
@@ -171,54 +168,33 @@ class WebApp(TrameApp):
         wslink_server.app.router.add_post(f"/{UPLOAD_ROUTE}/{{map}}", receive)
 
     async def receive(self, name: str, client: str, chunks, length: Optional[int] = None) -> str:
-        """One map of the set being uploaded, streamed from ``chunks`` (an async iterator of bytes; ``length`` as
-        announced) into the session folder; with the three in, they are checked like any maps and shown. Returns
-        what to tell the user; InputError (its message for the user, naming ``client``) when refused: the set is
-        then dropped, and the next file starts a new one.
-        A newer file for the same map, or a new set, supersedes an upload still streaming."""
+        """One map of the set being uploaded (:class:`~SyntheticMRILib.web.session.UploadSet`); with the three in,
+        they are checked like any maps and shown. Returns what to tell the user; InputError (its message for the
+        user) when refused: the set is then dropped, and the next file starts a new one."""
         if self.state.job:
             raise InputError("wait for the running job to end (or cancel it) before uploading maps")
-        if length is not None and length > self.session.max_upload_bytes:
-            raise InputError(f"{client}: more than this server accepts ({self.session.max_upload_bytes / 2**20:g} MiB; "
-                             "syntheticmri web --max-upload-mb)")
-        folder = self._upload_folder = self._upload_folder or self.session.new_upload()
-        generation = self._generations[name] = self._generations.get(name, 0) + 1
-        superseded = lambda: self._upload_folder != folder or self._generations[name] != generation  # noqa: E731
-        try:
-            path = await self.session.receive(folder, name, client, chunks, superseded)
-        except InputError as error:
-            if self._upload_folder != folder:
-                raise InputError(f"{client}: {_SET_DROPPED}") from None
-            if superseded():
-                raise InputError(f"{client}: not kept: a newer file for this map was chosen meanwhile") from None
-            self._drop_upload()
-            raise InputError(f"{client}: {error}") from None
-        self._upload[name] = (path, client)
-        missing = [MAP_TITLES[n] for n in MAP_NAMES if n not in self._upload]
-        if missing:
-            return f"{MAP_TITLES[name]} received; now {', '.join(missing)}."
+        paths = await self.uploads.receive(name, client, chunks, length)
+        if paths is None:
+            return f"{MAP_TITLES[name]} received; now {', '.join(MAP_TITLES[n] for n in self.uploads.missing())}."
         with self.state:
-            self._open_upload()
+            self._open_upload(paths)
         return "Uploaded maps shown."
 
-    def _open_upload(self) -> None:
+    def _open_upload(self, paths: List[Path]) -> None:
         """The three maps of the set, checked like any maps; shown, or refused with the library's words."""
-        paths, names = [self._upload[n][0] for n in MAP_NAMES], {str(p): c for p, c in self._upload.values()}
         try:
             if self.state.job:
                 raise InputError("wait for the running job to end (or cancel it) before uploading maps")
             maps = load_maps(*paths, units=self.state.units)
         except InputError as error:  # the library's words, with the browser's file names, not the server's paths
-            message = str(error)
-            for path, client in names.items():
-                message = message.replace(path, client)
-            self._drop_upload()
+            message = self.uploads.in_browser_words(str(error))
+            self.uploads.drop()
             self.state.error = message
             raise InputError(message) from None
         if UPLOADED in self.sources:
             self.session.drop(self.sources[UPLOADED][0].parent)
-        self.sources[UPLOADED], self._upload, self._upload_folder = paths, {}, None
-        self._source, self._units = UPLOADED, self.state.units
+        self.uploads.accept()
+        self.sources[UPLOADED], self._source, self._units = paths, UPLOADED, self.state.units
         self.state.update(dict(sources=list(self.sources), source=UPLOADED, upload_text=""))
         self._show_maps(maps)
 
@@ -228,14 +204,8 @@ class WebApp(TrameApp):
         with its refused set leaves the refusal on screen."""
         if ok:
             self.state.update(dict(upload_text=text, error=""))
-        elif not (text.endswith(_SET_DROPPED) and self.state.error):
+        elif not (text.endswith(SET_DROPPED) and self.state.error):
             self.state.update(dict(upload_text="", error=text))
-
-    def _drop_upload(self) -> None:
-        """Forget the set being uploaded: the next file starts a new one (a refused set never mixes with another)."""
-        if self._upload_folder is not None:
-            self.session.drop(self._upload_folder)
-        self._upload, self._upload_folder = {}, None
 
     # ------------------------------------------------------------------ synthesis
     def protocol(self):

@@ -17,20 +17,21 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
 
 from ..errors import InputError
 from ..io.maps import MAP_NAMES
 
-__all__ = ["Session", "DEFAULT_UPLOAD_MB", "UPLOAD_EXTENSIONS", "MAX_VOXELS", "result_name"]
+__all__ = ["Session", "UploadSet", "SET_DROPPED", "DEFAULT_UPLOAD_MB", "UPLOAD_EXTENSIONS", "MAX_VOXELS", "result_name"]
 
 DEFAULT_UPLOAD_MB = 1024.0  # a 512^3 float32 map is 512 MiB; a whole-brain map is usually 5-60 MiB
 UPLOAD_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")  # single files: no detached data (.nhdr, .mhd, .hdr)
 MAX_VOXELS = 512**3  # per map: 0.5 GiB as float32, and the app holds a few copies
 _HEADER_BYTES = 1 << 16  # NRRD and MetaImage headers are text, well under this
-_SUPERSEDED = "not kept: superseded while it arrived"  # the app says by what
+_SUPERSEDED = "not kept: superseded while it arrived"
+SET_DROPPED = "not kept: the set of maps it belonged to was refused or replaced meanwhile"
 
 
 def result_name(label: str, extension: str) -> str:
@@ -169,3 +170,63 @@ class Session:
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
+
+class UploadSet:
+    """The T1, T2 and PD maps of one upload, arriving file by file (possibly at once) into one folder of
+    ``session``. A refused file drops the set (the next file starts a new one); a newer file for a map, or a new
+    set, stops an upload still streaming.
+
+    Args:
+        session: where the files go (:meth:`Session.new_upload`, :meth:`Session.receive`).
+
+    Examples::
+
+        uploads = UploadSet(session)
+        paths = await uploads.receive("t1", "T1.nii.gz", body)  # None until all three maps are in
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.folder: Optional[Path] = None
+        self.received: Dict[str, Tuple[Path, str]] = {}  # map -> (path, the browser's name)
+        self._generations: Dict[str, int] = {}
+
+    async def receive(self, name: str, client: str, chunks, length: Optional[int] = None) -> Optional[List[Path]]:
+        """Store one map from ``chunks`` (``length`` as announced); the set's paths once all three are in, else None.
+        InputError, its message naming ``client``, when refused."""
+        limit = self.session.max_upload_bytes
+        if length is not None and length > limit:
+            raise InputError(f"{client}: more than this server accepts ({limit / 2**20:g} MiB; syntheticmri web --max-upload-mb)")
+        folder = self.folder = self.folder or self.session.new_upload()
+        generation = self._generations[name] = self._generations.get(name, 0) + 1
+        superseded = lambda: self.folder != folder or self._generations[name] != generation  # noqa: E731
+        try:
+            path = await self.session.receive(folder, name, client, chunks, superseded)
+        except InputError as error:
+            if self.folder != folder:
+                raise InputError(f"{client}: {SET_DROPPED}") from None
+            if superseded():
+                raise InputError(f"{client}: not kept: a newer file for this map was chosen meanwhile") from None
+            self.drop()
+            raise InputError(f"{client}: {error}") from None
+        self.received[name] = (path, client)
+        return [self.received[n][0] for n in MAP_NAMES] if all(n in self.received for n in MAP_NAMES) else None
+
+    def missing(self) -> List[str]:
+        return [n for n in MAP_NAMES if n not in self.received]
+
+    def in_browser_words(self, message: str) -> str:
+        """``message`` with the server's paths of this set replaced by the browser's file names."""
+        for path, client in self.received.values():
+            message = message.replace(str(path), client)
+        return message
+
+    def accept(self) -> None:
+        """The set is taken: its folder stays; the next file starts a new set."""
+        self.folder, self.received = None, {}
+
+    def drop(self) -> None:
+        """Forget the set and remove its folder: the next file starts a new set."""
+        if self.folder is not None:
+            self.session.drop(self.folder)
+        self.folder, self.received = None, {}
