@@ -273,6 +273,7 @@ def test_the_upload_route_refuses_other_sites_and_takes_a_set_of_maps(app, tmp_p
     assert rebound[0] == 403 and "this server answers to" in rebound[1]
     assert wrong_type[0] == 400 and wrong_type[1].startswith("t1.exe: unsupported file type")
     assert [status for status, _ in accepted] == [200, 200, 200] and accepted[-1][1] == "Uploaded maps shown."
+    assert accepted[0][1] == "T1 map received; now T2 map, PD map." and app.state.upload_text == accepted[-1][1]
     assert app.state.source == "Uploaded maps" and shown(app).shape == read_volume(files["t1"]).array.shape
     app.open_source("Bundled sample")
 
@@ -342,8 +343,8 @@ def test_a_file_dropped_with_its_refused_set_leaves_the_refusal_on_screen(app):
     app.state.error = "pd.nrrd: the file is empty"
     app.uploaded("t2", False, "t2.nrrd: not kept: the set of maps it belonged to was refused or replaced meanwhile")
     assert app.state.error == "pd.nrrd: the file is empty"
-    app.uploaded("t2", True, "T2 map received; now T1 map, PD map.")
-    assert app.state.error == "" and app.state.upload_text.startswith("T2 map received")
+    app.uploaded("t2", False, "t2.nrrd: more than this server accepts (1 MiB; syntheticmri web --max-upload-mb)")
+    assert app.state.error.startswith("t2.nrrd: more than")  # a refusal of its own is shown
 
 
 def test_the_maps_stay_while_a_job_runs(app):

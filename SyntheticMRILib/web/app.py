@@ -174,11 +174,13 @@ class WebApp(TrameApp):
         if self.state.job:
             raise InputError("wait for the running job to end (or cancel it) before uploading maps")
         paths = await self.uploads.receive(name, client, chunks, length)
-        if paths is None:
-            return f"{MAP_TITLES[name]} received; now {', '.join(MAP_TITLES[n] for n in self.uploads.missing())}."
-        with self.state:
-            self._open_upload(paths)
-        return "Uploaded maps shown."
+        with self.state:  # the server's order, not the order the page hears the answers in
+            if paths is None:
+                missing = ", ".join(MAP_TITLES[n] for n in self.uploads.missing())
+                self.state.update(dict(error="", upload_text=f"{MAP_TITLES[name]} received; now {missing}."))
+            else:
+                self._open_upload(paths)
+        return self.state.upload_text
 
     def _open_upload(self, paths: List[Path]) -> None:
         """The three maps of the set, checked like any maps; shown, or refused with the library's words."""
@@ -195,16 +197,14 @@ class WebApp(TrameApp):
             self.session.drop(self.sources[UPLOADED][0].parent)
         self.uploads.accept()
         self.sources[UPLOADED], self._source, self._units = paths, UPLOADED, self.state.units
-        self.state.update(dict(sources=list(self.sources), source=UPLOADED, upload_text=""))
+        self.state.update(dict(sources=list(self.sources), source=UPLOADED, upload_text="Uploaded maps shown."))
         self._show_maps(maps)
 
     @trigger("uploaded")
     def uploaded(self, name: str, ok: bool, text: str) -> None:
-        """What the upload route answered the page, shown (the server acted on the upload already); a file dropped
-        with its refused set leaves the refusal on screen."""
-        if ok:
-            self.state.update(dict(upload_text=text, error=""))
-        elif not (text.endswith(SET_DROPPED) and self.state.error):
+        """The page's word on an upload that failed (refused, or lost on the way), shown; a file dropped with its
+        refused set leaves the refusal on screen. Accepted files were shown by :meth:`receive`."""
+        if not ok and not (text.endswith(SET_DROPPED) and self.state.error):
             self.state.update(dict(upload_text="", error=text))
 
     # ------------------------------------------------------------------ synthesis
