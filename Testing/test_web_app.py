@@ -132,6 +132,8 @@ def test_serving_the_network_warns_and_a_bad_request_stops_before_serving(tmp_pa
 def test_the_cli_gives_one_line_errors():
     for args, words in ((["--port", "0"], "--port 0: must be between 1 and 65535"),
                         (["--data", "/no/such/folder"], "/no/such/folder: no such folder"),
+                        (["--data", str(sample_paths()["t1"])],
+                         f"{sample_paths()['t1']}: is a file; --data takes a folder of maps or of subjects"),
                         (["--max-upload-mb", "-5"], "--max-upload-mb -5.0: must be positive")):
         run = subprocess.run([sys.executable, "-m", "SyntheticMRILib.apps.cli", "web", *args], capture_output=True,
                              text=True, timeout=120)

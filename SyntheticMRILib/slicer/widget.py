@@ -292,10 +292,11 @@ class SyntheticMRIWidget(VTKObservationMixin):
             return
         if created:
             p.outputVolume = output
-        elif self._resetWindowLevel and output.GetDisplayNode() is not None:
+        elif self._resetWindowLevel:
+            from .bridge import rewindow  # torch is there: synthesis just ran
+
             # A new contrast, a new intensity range: window it once, then keep the window so that sliders show the change.
-            output.GetDisplayNode().AutoWindowLevelOn()
-            output.GetDisplayNode().AutoWindowLevelOff()
+            rewindow(output)
         self._resetWindowLevel = False
         self._lastUpdateKey = self._updateKey(protocol)
         if created or interactive:

@@ -108,8 +108,7 @@ class WebApp(TrameApp):
     def open_source(self, name: str) -> None:
         """Show the maps of ``name`` (the sample, a subject of ``--data``, or the uploads) in the chosen units."""
         try:
-            if self.state.job:
-                raise InputError("wait for the running job to end (or cancel it) before changing the maps")
+            self._refuse_during_job("changing the maps")
             maps = load_maps(*self.sources[name], units=self.state.units)
         except InputError as error:
             self.state.update(dict(error=str(error), source=self._source, units=self._units))  # what is shown
@@ -117,6 +116,11 @@ class WebApp(TrameApp):
         self._source, self._units = name, self.state.units
         self.state.source = name
         self._show_maps(maps)
+
+    def _refuse_during_job(self, what: str) -> None:
+        """Results belong to the maps they were made from: no new maps while a job runs."""
+        if self.state.job:
+            raise InputError(f"wait for the running job to end (or cancel it) before {what}")
 
     def _show_maps(self, maps) -> None:
         """The checked maps (ms, fraction) as the scene's map nodes; earlier maps and their results go."""
@@ -171,8 +175,7 @@ class WebApp(TrameApp):
         """One map of the set being uploaded (:class:`~SyntheticMRILib.web.session.UploadSet`); with the three in,
         they are checked like any maps and shown. Returns what to tell the user; InputError (its message for the
         user) when refused: the set is then dropped, and the next file starts a new one."""
-        if self.state.job:
-            raise InputError("wait for the running job to end (or cancel it) before uploading maps")
+        self._refuse_during_job("uploading maps")
         paths = await self.uploads.receive(name, client, chunks, length)
         with self.state:  # the server's order, not the order the page hears the answers in
             if paths is None:
@@ -185,8 +188,7 @@ class WebApp(TrameApp):
     def _open_upload(self, paths: List[Path]) -> None:
         """The three maps of the set, checked like any maps; shown, or refused with the library's words."""
         try:
-            if self.state.job:
-                raise InputError("wait for the running job to end (or cancel it) before uploading maps")
+            self._refuse_during_job("uploading maps")  # a job may have started while the files arrived
             maps = load_maps(*paths, units=self.state.units)
         except InputError as error:  # the library's words, with the browser's file names, not the server's paths
             message = self.uploads.in_browser_words(str(error))
@@ -448,7 +450,8 @@ def _data_sources(data: Optional[str]) -> Dict[str, List[Path]]:
         return {}
     folder = Path(data)
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder")
+        what = "is a file; --data takes a folder of maps or of subjects" if folder.exists() else "no such folder"
+        raise InputError(f"{folder}: {what}")
     if any(p.name.lower().startswith("t1.") for p in folder.iterdir()):
         return {folder.name: map_files(folder)}
     return {subject.name: map_files(subject) for subject in find_subjects(folder)}

@@ -52,11 +52,11 @@ def serve(port: int = 8080, host: str = "127.0.0.1", data: Optional[str] = None,
     from .session import Session
 
     session = Session(max_upload_mb)
-    print(f"session files: {session.folder} (removed when the server stops)", file=err, flush=True)
     argv, app = sys.argv, None
     try:
         app = WebApp(get_server("syntheticmri", client_type="vue3"), session=session, data=data,
                      hosts=None if network else (*LOOPBACK, host, *allow_hosts))
+        print(f"session files: {session.folder} (removed when the server stops)", file=err, flush=True)
         sys.argv = argv[:1]  # trame reads its own options from sys.argv; ours are parsed already
         app.server.start(port=port, host=host, open_browser=open_browser, timeout=0)
     finally:
