@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..io.maps import UNITS, Maps, load_maps
 from ..io.volumes import EXTENSIONS, check_output, check_output_file, check_output_folder, write_volume
 from ..physics.protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
-from ..training.config import VARIANTS, TrainConfig
+from ..training.config import MAP_VARIANTS, VARIANTS, MapTrainConfig, TrainConfig
 from ..cohort.recipe import STORAGES
 from ..cohort.schedulers import LOCAL
 from ..jobs import LEARNED_INDEX, progress_line, write_learned_index, write_structure_volumes
@@ -128,6 +128,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the crops, noise and initial weights")
     train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
     _device_argument(train)
+
+    train_maps = commands.add_parser("train-maps", help="train the T1/T2/PD map estimator (from T1w, T2w, FLAIR) and its "
+                                                        "baselines; evaluate them with the per-voxel fit")
+    train_maps.add_argument("--data", required=True, type=Path,
+                            help="folder with train/, val/, test/ (and external/, lesions/) phantom folders")
+    train_maps.add_argument("-o", "--output", required=True, type=Path,
+                            help="model folder: <variant>.pt, maps.pt, report.json, MODEL_CARD.md, loss.png")
+    train_maps.add_argument("--variants", default=",".join(MAP_VARIANTS), help=f"comma-separated, from {', '.join(MAP_VARIANTS)}")
+    train_maps.add_argument("--steps", type=int, default=MapTrainConfig.steps, help="optimizer steps per variant")
+    train_maps.add_argument("--batch", type=int, default=MapTrainConfig.batch, help="2-D crops per step")
+    train_maps.add_argument("--seed", type=int, default=MapTrainConfig.seed, help="seed of the draws and initial weights")
+    train_maps.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
+    _device_argument(train_maps)
 
     web = commands.add_parser("web", help="the app in a browser (trame-slicer): sample or uploaded maps, sliders, "
                                           "segmentation, learned contrasts, downloads; needs SyntheticMRILib[web]")
@@ -402,6 +415,17 @@ def cmd_train_seg(args: argparse.Namespace) -> None:
     train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
 
 
+def cmd_train_maps(args: argparse.Namespace) -> None:
+    from ..training.mapper import train_maps_command
+
+    config = MapTrainConfig(steps=args.steps, batch=args.batch, seed=args.seed)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in MAP_VARIANTS]
+    if unknown:
+        raise InputError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(MAP_VARIANTS)}")
+    train_maps_command(args.data, args.output, config, variants, pick_device(args.device), args.eval_limit)
+
+
 def cmd_web(args: argparse.Namespace) -> None:
     from ..web.serve import serve
 
@@ -409,7 +433,7 @@ def cmd_web(args: argparse.Namespace) -> None:
           args.allow_host)
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg,
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg, "train-maps": cmd_train_maps,
             "segment": cmd_segment, "contrast": cmd_contrast, "web": cmd_web}
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .contrast import LearnableContrast, normalize_contrasts
+from .grid import model_grid, pad_to, resample
 from ..errors import InputError
 from ..io.maps import TISSUE_PD, Maps, relaxation_problem, tissue_mask
 from ..io.labels import STRUCTURES
@@ -34,8 +35,6 @@ __all__ = [
 LABELS: Tuple[int, ...] = (0,) + tuple(STRUCTURES.values())
 """FreeSurfer label of each output class (class 0 is background)."""
 CLASS_NAMES: Tuple[str, ...] = ("background",) + tuple(STRUCTURES)
-MODEL_SPACING_MM = 1.0
-_LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _MAP_SCALE = (1000.0, 100.0, 1.0)  # raw-map input: T1/1000 ms, T2/100 ms, PD: all of order 1
 
 
@@ -146,33 +145,7 @@ def check_brain_maps(maps: Maps) -> None:
                          f"{_MIN_EXTENT_MM[0]:.0f} x {_MIN_EXTENT_MM[1]:.0f} x {_MIN_EXTENT_MM[2]:.0f} mm)")
 
 
-def model_grid(grid: Volume) -> Optional[Volume]:
-    """The 1 mm LPS-aligned grid covering ``grid``, or ``None`` when ``grid`` already is one (no resampling)."""
-    if np.allclose(grid.direction, _LPS, atol=1e-6) and np.allclose(grid.spacing, MODEL_SPACING_MM, atol=1e-3):
-        return None
-    shape = grid.array.shape[::-1]
-    matrix = np.asarray(grid.direction).reshape(3, 3) * np.asarray(grid.spacing)
-    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
-    points = corners @ matrix.T + np.asarray(grid.origin)
-    low, high = points.min(0), points.max(0)
-    size = np.maximum(1, np.ceil((high - low) / MODEL_SPACING_MM - 1e-6)).astype(int)
-    origin = low + MODEL_SPACING_MM / 2
-    return Volume(np.zeros(size[::-1], np.uint8), (MODEL_SPACING_MM,) * 3, tuple(origin.tolist()), _LPS)
-
-
-def _resample(volume: Volume, reference: Volume, interpolator: int) -> np.ndarray:
-    image = sitk.Resample(volume.to_image(), reference.to_image(), sitk.Transform(), interpolator, 0.0,
-                          volume.to_image().GetPixelID())
-    return sitk.GetArrayFromImage(image)
-
-
 # --------------------------------------------------------------------------- inference
-
-
-def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the last two axes up to multiples of ``multiple`` (bottom and right; cropped off after)."""
-    h, w = x.shape[-2:]
-    return torch.nn.functional.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
 
 
 # The box that holds the structures (chosen on `val`, 6 subjects, among strides 4/6/8 and margins 16/24/32 voxels):
@@ -186,7 +159,7 @@ BOX_MARGIN = (SEARCH_STRIDE + 4, 16, 16)  # voxels (k, j, i) around what the sea
 def _classes(model: SegmentationModel, images: torch.Tensor) -> np.ndarray:
     """Class indices ``[B, H, W]`` of U-Net inputs ``[B, C, H, W]`` (zero-padded to the U-Net's multiple)."""
     h, w = images.shape[-2:]
-    logits = model.unet(_pad_to(images, model.size_multiple))[..., :h, :w]
+    logits = model.unet(pad_to(images, model.size_multiple))[..., :h, :w]
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
 
@@ -281,7 +254,7 @@ def segment(maps: Maps, model: Optional[SegmentationModel] = None, device: torch
         arrays = (maps.t1, maps.t2, maps.pd)
     else:
         log(f"resampling the maps from {np.round(maps.grid.spacing, 3).tolist()} mm to the model's 1 mm axial grid and back")
-        arrays = tuple(_resample(maps.grid.with_array(m), reference, sitk.sitkLinear) for m in (maps.t1, maps.t2, maps.pd))
+        arrays = tuple(resample(maps.grid.with_array(m), reference, sitk.sitkLinear) for m in (maps.t1, maps.t2, maps.pd))
     start = time.perf_counter()
     try:
         classes = predict_classes(model, *arrays, device=device, progress=progress, search=search)
@@ -291,7 +264,7 @@ def segment(maps: Maps, model: Optional[SegmentationModel] = None, device: torch
     log(f"network {time.perf_counter() - start:.1f} s on {device}")
     labels = np.asarray(LABELS, np.uint16)[classes]
     if reference is not None:
-        labels = _resample(reference.with_array(labels), maps.grid.with_array(np.zeros(maps.t1.shape, np.uint16)),
+        labels = resample(reference.with_array(labels), maps.grid.with_array(np.zeros(maps.t1.shape, np.uint16)),
                            sitk.sitkNearestNeighbor)
     return maps.grid.with_array(labels.astype(np.uint16))
 

@@ -1,11 +1,11 @@
-"""The training recipe of the segmenter and its variants: plain data, no torch, so the command line can show
+"""The training recipes of the segmenter and of the map estimator, and their variants: plain data, no torch, so the command line can show
 the defaults without loading the training stack."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Tuple
 
-__all__ = ["TrainConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict"]
+__all__ = ["TrainConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict", "MapTrainConfig", "MAP_VARIANTS"]
 
 VARIANTS = ("learned", "fixed", "maps", "random")
 
@@ -42,3 +42,22 @@ def shipping_verdict(test_scores: dict) -> List[str]:
     line per missed bar, an empty list when it meets :data:`SHIP_BAR`."""
     return [f"test {key.replace('_', ' ')} {test_scores[key]:.3f} < {bar:.2f}"
             for key, bar in SHIP_BAR.items() if not test_scores[key] >= bar]
+
+
+MAP_VARIANTS = ("film", "film-2.5d", "no-embedding", "no-physics")
+
+
+@dataclass
+class MapTrainConfig:
+    """The recipe every variant of a run shares."""
+
+    steps: int = 1200
+    batch: int = 8
+    crop: int = 96
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    physics_weight: float = 0.5
+    channels: Tuple[int, ...] = (16, 32, 64, 128)
+    embedding: int = 64
+    evaluations: int = 6
+    seed: int = 0
