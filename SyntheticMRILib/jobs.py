@@ -3,14 +3,14 @@
 DESIGN.md: whole-volume inference and batches run outside the GUI process. This
 module is the one place for the protocol between the two sides:
 
-* the argv of a child (:func:`batch_command`, :func:`maps_job`), run with
+* the argv of a child (:func:`batch_command`, :func:`maps_job`, :func:`routine_maps_job`), run with
   :func:`child_environment` and a stdin pipe held open: the child
   (:mod:`SyntheticMRILib.apps.child`) stops itself when that pipe closes;
 * its progress lines, ``progress DONE/TOTAL WHAT``: :func:`progress_line` prints
   them, :func:`parse_progress` reads them;
 * the job folder of a maps job: the maps the GUI writes (:func:`write_job_maps`),
   the results the child writes and the GUI reads (``seg.nrrd`` + ``volumes.csv``,
-  ``learned/`` with ``learned.json``);
+  ``learned/`` with ``learned.json``); the routine series of a ``maps`` job and the maps it writes (``maps/``);
 * :func:`run_batch_process` runs a child to the end and blocks (console, tests);
   the Slicer module runs the same argv with ``qt.QProcess``
   (:mod:`SyntheticMRILib.slicer.process`).
@@ -38,12 +38,14 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 from .errors import InputError
 from .io.maps import MAP_NAMES
 from .io.volumes import PARTIAL_PREFIX, PathLike
+from .physics.routine import RANGES_MS, SERIES
 
 if TYPE_CHECKING:  # annotations only
     from .physics.protocols import Protocol
 
 __all__ = [
     "CHILD_MODULE", "CANCELLED", "progress_line", "parse_progress", "batch_command", "child_command", "maps_job",
+    "routine_maps_job",
     "slicer_python", "child_environment", "LineBuffer", "error_line", "remove_partial_files", "run_batch_process",
     "write_job_maps", "write_structure_volumes", "read_structure_volumes", "write_learned_index", "read_learned_index",
 ]
@@ -52,6 +54,7 @@ CHILD_MODULE = "SyntheticMRILib.apps.child"  # runs the cli with the stdin lifel
 CANCELLED = 130  # exit status of a child stopped through its stdin (as after Ctrl-C)
 _PROGRESS = re.compile(r"progress (\d+)/(\d+)(?: (.*))?")
 SEGMENTATION_FILE, VOLUMES_FILE, LEARNED_FOLDER, LEARNED_INDEX = "seg.nrrd", "volumes.csv", "learned", "learned.json"
+ESTIMATED_MAPS_FOLDER = "maps"  # what a routine_maps_job child writes: t1.nrrd, t2.nrrd (ms), pd.nrrd
 
 
 # --------------------------------------------------------------------------- progress lines
@@ -67,11 +70,12 @@ def parse_progress(line: str) -> Optional[Tuple[int, int, str]]:
 
 
 # --------------------------------------------------------------------------- the job folder of a maps job
-def write_job_maps(folder: PathLike, volumes: Sequence) -> None:
-    """The T1, T2 and PD volumes (:class:`~SyntheticMRILib.io.volumes.Volume`) as the child reads them."""
+def write_job_maps(folder: PathLike, volumes: Sequence, names: Sequence[str] = MAP_NAMES) -> None:
+    """The T1, T2 and PD volumes (:class:`~SyntheticMRILib.io.volumes.Volume`) as the child reads them; with
+    ``names`` :data:`~SyntheticMRILib.physics.routine.SERIES`, the T1w, T2w and FLAIR series of a ``maps`` job."""
     from .io.volumes import write_volume
 
-    for name, volume in zip(MAP_NAMES, volumes):
+    for name, volume in zip(names, volumes):
         write_volume(volume, Path(folder) / f"{name}.nrrd")
 
 
@@ -151,6 +155,21 @@ def maps_job(python: str, command: str, folder: PathLike, units: str = "ms", dev
     if command == "contrast":
         return child_command(python, "contrast", "--learned", *common, "-o", str(folder / LEARNED_FOLDER))
     raise InputError(f"unknown maps job {command!r}; use segment or contrast")
+
+
+def routine_maps_job(python: str, folder: PathLike, values: Mapping[str, Mapping[str, Optional[float]]],
+                     device: str = "auto", model: Optional[PathLike] = None) -> List[str]:
+    """The argv of a ``maps`` child on ``folder``/{t1w,t2w,flair}.nrrd with their TR/TE/TI (``values[series]``,
+    ms), writing T1/T2/PD into ``folder``/``maps/``; ``model`` None: the shipped one. Progress comes as lines.
+    A value that is missing is left out, so that the child's one-line error names it."""
+    folder, argv = Path(folder), []
+    for series in SERIES:
+        given = values.get(series, {})
+        argv += [f"--{series}", str(folder / f"{series}.nrrd")]
+        argv += [arg for name in RANGES_MS[series] if given.get(name) is not None
+                 for arg in (f"--{series}-{name}", repr(float(given[name])))]
+    argv += ["-o", str(folder / ESTIMATED_MAPS_FOLDER), "--device", device, "--progress", "lines"]
+    return child_command(python, "maps", *argv, *(["--model", str(model)] if model is not None else []))
 
 
 def slicer_python(executable: Optional[str] = None) -> str:

@@ -45,7 +45,7 @@ class FakeWidget:
     def __init__(self, cls: str, name: str):
         self.__dict__.update(cls=cls, name=name, enabled=True, visible=True, checked=False, text="", toolTip="",
                              currentPath="", minimum=0.0, maximum=100.0, value=0.0, slots={}, items=[], selected=[],
-                             tables=[], blocked=False)
+                             tables=[], blocked=False, node=None)
 
     def connect(self, signal, slot):
         self.slots.setdefault(signal, []).append(slot)
@@ -76,6 +76,15 @@ class FakeWidget:
 
     def setMRMLTableNode(self, table):
         self.tables.append(table)
+
+    def currentNode(self):
+        return self.node
+
+    def setCurrentNode(self, node):
+        """qMRMLNodeComboBox: a user (or the code) picks ``node``; currentNodeChanged only when it changes."""
+        if node is not self.node:
+            self.node = node
+            self.emit("currentNodeChanged(vtkMRMLNode*)", node)
 
     def findChildren(self, cls):
         return []

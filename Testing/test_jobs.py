@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from SyntheticMRILib.jobs import (CANCELLED, CHILD_MODULE, LineBuffer, batch_command, child_environment, error_line,
-                                      parse_progress, remove_partial_files, run_batch_process, slicer_python)
+                                      parse_progress, remove_partial_files, routine_maps_job, run_batch_process,
+                                      slicer_python)
 from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.io.maps import load_maps
 from SyntheticMRILib.physics.protocols import preset
@@ -58,6 +59,26 @@ def test_batch_command_runs_the_cli_batch_behind_the_stdin_lifeline(tmp_path):
     assert "--overwrite" not in batch_command("python", "s", ["T1w"], "o")
     with pytest.raises(InputError):
         batch_command("python", "s", [], "o")
+
+
+def test_routine_maps_job_runs_the_cli_maps_on_the_job_folder(tmp_path):
+    from SyntheticMRILib.apps.cli import _parser
+
+    values = {"t1w": {"tr": 500, "te": 10.5, "ti": 300}, "t2w": {"tr": 4500, "te": 100},
+              "flair": {"tr": 9000, "te": 90, "ti": 2372.25}}
+    argv = routine_maps_job("/opt/Slicer/bin/PythonSlicer", tmp_path, values, device="cpu", model=tmp_path / "m.pt")
+    assert argv == [
+        "/opt/Slicer/bin/PythonSlicer", "-m", CHILD_MODULE, "maps",
+        "--t1w", str(tmp_path / "t1w.nrrd"), "--t1w-tr", "500.0", "--t1w-te", "10.5",  # a T1w takes no TI
+        "--t2w", str(tmp_path / "t2w.nrrd"), "--t2w-tr", "4500.0", "--t2w-te", "100.0",
+        "--flair", str(tmp_path / "flair.nrrd"), "--flair-tr", "9000.0", "--flair-te", "90.0", "--flair-ti", "2372.25",
+        "-o", str(tmp_path / "maps"), "--device", "cpu", "--progress", "lines", "--model", str(tmp_path / "m.pt"),
+    ]
+    args = _parser().parse_args(argv[3:])  # what the child's cli reads from it
+    assert (args.command, args.t1w_te, args.flair_ti, args.output, args.progress) == (
+        "maps", 10.5, 2372.25, tmp_path / "maps", "lines")
+    missing = routine_maps_job("python", "f", {**values, "t2w": {"tr": 4500}})  # left to the child, which names it
+    assert "--t2w-te" not in missing and "--model" not in missing and missing[missing.index("--device") + 1] == "auto"
 
 
 def test_parse_progress_reads_the_cli_lines_and_nothing_else():

@@ -2,14 +2,22 @@
 (SyntheticMRILib.slicer.install) with fakes for pip and PyTorch Utils."""
 from __future__ import annotations
 
+import types
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from SyntheticMRILib.io.maps import MAP_NAMES, load_maps
 from SyntheticMRILib.io.volumes import Volume
 from SyntheticMRILib.physics.protocols import PRESETS
 from SyntheticMRILib.slicer import install
 from SyntheticMRILib.slicer.logic import PROTOCOL_ATTRIBUTE, SyntheticMRILogic
+from conftest import rotation
 from test_slicer_preview import DIRECTIONS, oblique_plane, shown_voxels, slice_to_ras
+
+SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+ROUTINE = {"T1w": "t1w", "T2w": "t2w", "T2-FLAIR": "flair"}  # the presets that stand in for the routine series
 
 
 @pytest.fixture
@@ -160,6 +168,100 @@ def test_logic_protocols_drop_what_the_sequence_does_not_take():
     assert (protocol.sequence, protocol.ti, protocol.ti2, protocol.flip) == ("se", None, None, None)
     assert logic.protocol("DIR", **PRESETS["DIR"].protocol.values()) == PRESETS["DIR"].protocol
     assert logic.outputName("Custom double IR") == "Synthetic double IR" and logic.outputName("STIR") == "Synthetic STIR"
+
+
+# --------------------------------------------------------------------------- maps from routine scans
+def tiny_mapper(path: Path) -> Path:
+    """An untrained map model, seeded (the same maps every run): for the plumbing, not for accuracy."""
+    import torch
+    from SyntheticMRILib.models.mapper import MapNet, save_mapper
+
+    torch.manual_seed(0)
+    config = {"channels": [4, 8], "context": 1, "embedding": 8, "variant": "film", "physics_term": True}
+    return save_mapper(MapNet(config), path)
+
+
+def sample_slab() -> tuple:
+    """T1/T2/PD (ms, fraction) of an 8-slice slab of the bundled sample on an oblique, anisotropic grid (the head
+    turned with it, so the model resamples to its 1 mm axial grid and back)."""
+    maps = load_maps(*(SAMPLE / f"{name}.nrrd" for name in MAP_NAMES))
+    box = (slice(80, 88), slice(None), slice(None))
+    grid = dict(spacing=(1.1, 0.9, 1.3), origin=(-70.0, -55.5, 12.25), direction=tuple(rotation(10, 20).ravel()))
+    return tuple(Volume(np.ascontiguousarray(m[box]), **grid) for m in (maps.t1, maps.t2, maps.pd))
+
+
+def routine_nodes(logic) -> list:
+    """T1w, T2w and T2-FLAIR nodes synthesized from :func:`sample_slab`; they carry their protocols."""
+    from SyntheticMRILib.slicer import bridge
+
+    t1, t2, pd = (bridge.node_from_volume(volume, name) for volume, name in zip(sample_slab(), MAP_NAMES))
+    return [logic.synthesize(t1, t2, pd, contrast, fused=False, name=series) for contrast, series in ROUTINE.items()]
+
+
+def routine_values() -> dict:
+    return {series: PRESETS[contrast].protocol.values() for contrast, series in ROUTINE.items()}
+
+
+@pytest.fixture
+def temporary(monkeypatch, tmp_path):
+    """slicer.app.temporaryPath, where the job folders go: empty."""
+    import slicer
+
+    folder = tmp_path / "temporary"
+    folder.mkdir()
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(folder)), raising=False)
+    return folder
+
+
+def test_logic_estimates_maps_from_routine_scans_in_a_child_on_the_t1ws_grid(logic, temporary, tmp_path):
+    from SyntheticMRILib.slicer import bridge
+
+    model = tiny_mapper(tmp_path / "mapper.pt")
+    t1w, t2w, flair = routine_nodes(logic)
+    t1, t2, pd = logic.estimateMaps(t1w, t2w, flair, routine_values(), device="cpu", model=str(model))
+    assert [node.GetName() for node in (t1, t2, pd)] == ["T1 map (estimated)", "T2 map (estimated)", "PD map (estimated)"]
+    grid = bridge.volume_from_node(t1w)
+    head = sample_slab()[2].array > 0
+    for node in (t1, t2, pd):
+        volume = bridge.volume_from_node(node)
+        assert volume.array.shape == grid.array.shape
+        np.testing.assert_allclose(volume.spacing, grid.spacing, atol=1e-6)
+        np.testing.assert_allclose(volume.origin, grid.origin, atol=1e-6)
+        np.testing.assert_allclose(volume.direction, grid.direction, atol=1e-6)
+    t1Array, t2Array = (bridge.volume_from_node(node).array for node in (t1, t2))
+    assert (t1Array[head] > 0).mean() > 0.95 and (t2Array[head] > 0).mean() > 0.95
+    assert np.all(t2Array <= t1Array + 1e-3)  # T2 <= T1, as the model's outputs are built
+    assert not any(temporary.iterdir())  # the job folder is gone
+
+
+def test_logic_surfaces_the_childs_one_line_error_and_leaves_no_folder(logic, temporary, tmp_path):
+    values = routine_values()
+    values["t1w"] = {"tr": 500.0, "te": 600.0}  # TE after TR
+    with pytest.raises(RuntimeError) as error:
+        logic.estimateMaps(*routine_nodes(logic), values, device="cpu", model=str(tiny_mapper(tmp_path / "mapper.pt")))
+    assert str(error.value).startswith("syntheticmri: error: t1w:") and "\n" not in str(error.value)
+    assert not any(temporary.iterdir())
+
+
+def test_protocol_values_come_from_a_synthesized_contrast_or_dicom(logic, monkeypatch):
+    import slicer
+
+    t1w, t2w, flair = routine_nodes(logic)
+    assert logic.protocolValuesFromNode(flair, "flair") == {
+        name: float(value) for name, value in PRESETS["T2-FLAIR"].protocol.values().items()}
+    assert logic.protocolValuesFromNode(flair, "t2w") == {"tr": 9000.0, "te": 90.0}  # a T2w takes no TI
+    assert logic.protocolValuesFromNode(t1w, "flair") == {"tr": 500.0, "te": 10.0}  # a spin echo has none
+    plain = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")
+    assert logic.protocolValuesFromNode(plain, "t1w") == {} and logic.protocolValuesFromNode(None, "t1w") == {}
+
+    headers = {"/dicom/1.2.3": {"0018,0080": "8000", "0018,0081": "120\\125", "0018,0082": "2400.5"}}
+    database = types.SimpleNamespace(fileForInstance=lambda uid: f"/dicom/{uid}",
+                                     fileValue=lambda path, tag: headers.get(path, {}).get(tag, ""))
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    plain.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")  # the first instance's header
+    assert logic.protocolValuesFromNode(plain, "flair") == {"tr": 8000.0, "te": 120.0, "ti": 2400.5}
+    headers["/dicom/1.2.3"].update({"0018,0080": "", "0018,0082": "n/a"})  # absent, unreadable
+    assert logic.protocolValuesFromNode(plain, "flair") == {"te": 120.0}
 
 
 # --------------------------------------------------------------------------- installing the dependencies

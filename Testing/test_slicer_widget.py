@@ -16,8 +16,10 @@ from slicer_fakes import ROOT, FakeParameterNode, FakeTimer, fake_ui, import_wid
 from SyntheticMRILib.devices import DEVICES
 from SyntheticMRILib.io.maps import UNITS
 from SyntheticMRILib.physics.protocols import GAP_MS, PARAMETERS, PRESETS, RANGES, SEQUENCES, parameter_bounds
+from SyntheticMRILib.physics.routine import RANGES_MS, SERIES
 from SyntheticMRILib.slicer.logic import CONTRASTS, SyntheticMRILogic, sequence_of
 from conftest import write_study
+from test_slicer_logic import routine_nodes, routine_values, tiny_mapper
 
 
 @pytest.fixture
@@ -326,6 +328,60 @@ def test_the_widget_cancels_a_segmentation(gui, tmp_path):
     assert slicer.mrmlScene.GetFirstNodeByName("Subcortical segmentation") is None and not any(tmp_path.iterdir())
 
 
+# --------------------------------------------------------------------------- maps from routine scans, out of process
+def test_the_widget_refuses_missing_series_or_values_and_starts_nothing(gui, tmp_path):
+    import slicer
+
+    widget, ui, node = batch_widget(gui)
+    assert ui.routineMapsButton.enabled and not ui.routineCancelButton.enabled
+    ui.routineMapsButton.emit("clicked(bool)", True)
+    assert ui.routineStatusLabel.text == "Select the T1w, T2w, T2-FLAIR volume(s)."
+    t1w, t2w, flair = routine_nodes(widget.logic)
+    ui.t1wSelector.setCurrentNode(t1w)  # a contrast synthesized here brings its TR/TE
+    assert (ui.t1wTrSpinBox.value, ui.t1wTeSpinBox.value) == (500.0, 10.0)
+    ui.t2wSelector.setCurrentNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))  # values unknown: left 0
+    ui.flairSelector.setCurrentNode(flair)
+    widget.onRoutineMaps()
+    assert ui.routineStatusLabel.text == "Enter the T2w TR, T2w TE (ms)."
+    assert widget._mapsJob is None and not any(tmp_path.iterdir()) and node.t1Volume is None
+
+
+def test_the_widget_estimates_maps_from_routine_scans_and_synthesizes_from_them(gui, tmp_path, tmp_path_factory):
+    import functools
+
+    import slicer
+
+    widget, ui, node = batch_widget(gui)
+    logic = widget.logic
+    model = tiny_mapper(tmp_path_factory.mktemp("model") / "m.pt")
+    logic.routineMapsJob = functools.partial(logic.routineMapsJob, model=str(model))  # the shipped one comes later
+    for selector, series in zip((ui.t1wSelector, ui.t2wSelector, ui.flairSelector), routine_nodes(logic)):
+        selector.setCurrentNode(series)
+    shown = {s: {n: getattr(ui, f"{s}{n.capitalize()}SpinBox").value for n in RANGES_MS[s]} for s in SERIES}
+    assert shown == routine_values()  # filled in from the synthesized series
+    ui.t1wTeSpinBox.value = 600.0  # past TR: the child refuses it
+    ui.routineMapsButton.emit("clicked(bool)", True)
+    assert not ui.routineMapsButton.enabled and not ui.segmentButton.enabled  # one maps job at a time
+    assert ui.routineCancelButton.enabled and not ui.segmentationCancelButton.enabled
+    assert widget._mapsJob.process.pump(timeout=120)
+    assert ui.routineStatusLabel.text == "Failed: syntheticmri: error: t1w: TE must be below TR, got TE 600 ms, TR 500 ms"
+    assert node.t1Volume is None and not any(tmp_path.iterdir()) and ui.routineMapsButton.enabled
+
+    ui.t1wTeSpinBox.value = 10.0
+    widget.onRoutineMaps()
+    assert widget._mapsJob.process.pump(timeout=120)
+    assert ui.routineStatusLabel.text == "Estimated T1, T2 (ms) and PD: they are the input maps now."
+    assert ui.routineProgressBar.maximum > 0 and ui.routineProgressBar.value == ui.routineProgressBar.maximum
+    names = [volume.GetName() if volume else None for volume in (node.t1Volume, node.t2Volume, node.pdVolume)]
+    assert names == ["T1 map (estimated)", "T2 map (estimated)", "PD map (estimated)"] and node.units == "ms"
+    assert ui.routineMapsButton.enabled and ui.segmentButton.enabled and not ui.routineCancelButton.enabled
+    assert not any(tmp_path.iterdir())  # the job folder is gone
+    widget._synthesizeVolume(interactive=True)  # the estimated maps drive the synthesis at once
+    output = node.outputVolume
+    assert output is not None
+    assert slicer.util.arrayFromVolume(output).shape == slicer.util.arrayFromVolume(node.t1Volume).shape
+
+
 def test_every_input_of_the_ui_is_wired_bound_or_read(gui):
     """A widget in the .ui that nothing listens to is a control that does nothing."""
     widget, ui, node = make_widget(gui)
@@ -334,8 +390,12 @@ def test_every_input_of_the_ui_is_wired_bound_or_read(gui):
     bound = set(gui.BINDINGS.values())
     read_when_run = {"batchOverwriteCheckBox", "batchRetryCheckBox", "batchWorkersSpinBox",  # read when Run is pressed
                      "batchLearnedCheckBox", "batchSegmentCheckBox"}
+    read_when_run |= {f"{s}{n.capitalize()}SpinBox" for s in SERIES for n in RANGES_MS[s]}  # and when Estimate is
+    for series in SERIES:  # a chosen series fills in its values
+        assert "currentNodeChanged(vtkMRMLNode*)" in getattr(ui, f"{series}Selector").slots
+        read_when_run.add(f"{series}Selector")
     for name, fake in vars(ui).items():
         if fake.cls in signals:
             assert signals[fake.cls] <= set(fake.slots), f"{name} is not connected to {signals[fake.cls] - set(fake.slots)}"
-        elif fake.cls in ("QComboBox", "qMRMLNodeComboBox", "QCheckBox", "QSpinBox"):
+        elif fake.cls in ("QComboBox", "qMRMLNodeComboBox", "QCheckBox", "QSpinBox", "QDoubleSpinBox"):
             assert name in bound | read_when_run, f"{name} is neither bound to a parameter nor read"

@@ -16,9 +16,10 @@ from typing import Callable, Optional, Sequence
 from .. import __version__
 from ..devices import DEVICES, pick_device
 from ..errors import InputError
-from ..io.maps import UNITS, Maps, load_maps
+from ..io.maps import MAP_NAMES, UNITS, Maps, load_maps
 from ..io.volumes import EXTENSIONS, check_output, check_output_file, check_output_folder, write_volume
 from ..physics.protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
+from ..physics.routine import RANGES_MS, SERIES, outside_ranges
 from ..training.config import MAP_VARIANTS, VARIANTS, MapTrainConfig, TrainConfig
 from ..cohort.recipe import STORAGES
 from ..cohort.schedulers import LOCAL
@@ -128,6 +129,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the crops, noise and initial weights")
     train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
     _device_argument(train)
+
+    maps = commands.add_parser("maps", help="T1/T2/PD maps from routine T1w, T2w and FLAIR series and their TR/TE/TI "
+                                            "(a network with parameter embedding)")
+    for series, what in (("t1w", "T1-weighted spin echo"), ("t2w", "T2-weighted (turbo) spin echo"), ("flair", "T2-FLAIR")):
+        maps.add_argument(f"--{series}", required=True, type=Path, help=f"the {what} series" +
+                          (" (its grid is the output grid)" if series == "t1w" else " (co-registered with the T1w)"))
+        for name in RANGES_MS[series]:
+            maps.add_argument(f"--{series}-{name}", type=float, metavar="MS", help=f"its {name.upper()}, ms")
+        maps.add_argument(f"--{series}-json", type=Path, metavar="JSON",
+                          help="its BIDS sidecar (RepetitionTime, EchoTime, InversionTime in s; default: beside the image)")
+    maps.add_argument("-o", "--output", required=True, type=Path, help="folder: t1.nrrd, t2.nrrd (ms), pd.nrrd (fraction)")
+    maps.add_argument("--model", type=Path, help="a model file from train-maps (default: the shipped one)")
+    _output_arguments(maps, progress="SLICE")
 
     train_maps = commands.add_parser("train-maps", help="train the T1/T2/PD map estimator (from T1w, T2w, FLAIR) and its "
                                                         "baselines; evaluate them with the per-voxel fit")
@@ -415,6 +429,29 @@ def cmd_train_seg(args: argparse.Namespace) -> None:
     train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
 
 
+def cmd_maps(args: argparse.Namespace) -> None:
+    from ..io.series import load_series
+    from ..models.mapper import estimate_maps, load_mapper
+
+    outputs = [args.output / f"{name}.nrrd" for name in MAP_NAMES]
+    _check_free(outputs, args.overwrite)  # before any work: a refused output costs nothing
+    values = {s: {name: getattr(args, f"{s}_{name}") for name in RANGES_MS[s]} for s in SERIES}
+    series = load_series({s: getattr(args, s) for s in SERIES}, values, {s: getattr(args, f"{s}_json") for s in SERIES})
+    for note in series.notes:
+        print(f"note: {note}")
+    for line in outside_ranges(series.protocols):
+        print(f"warning: {line} is outside the training ranges; the maps may be less accurate")
+    device = pick_device(args.device)
+    model = load_mapper(args.model, device)
+    start = time.perf_counter()
+    maps = estimate_maps(series.images, series.protocols, model, device, progress=_progress(args, "maps", "slice"),
+                         log=lambda line: print(f"note: {line}"))
+    seconds = time.perf_counter() - start
+    for volume, path in zip(maps, outputs):
+        write_volume(volume, path, overwrite=args.overwrite)
+    print(f"T1, T2 (ms) and PD -> {args.output} ({seconds:.1f} s on {device})")
+
+
 def cmd_train_maps(args: argparse.Namespace) -> None:
     from ..training.mapper import train_maps_command
 
@@ -433,7 +470,7 @@ def cmd_web(args: argparse.Namespace) -> None:
           args.allow_host)
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg, "train-maps": cmd_train_maps,
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg, "train-maps": cmd_train_maps, "maps": cmd_maps,
             "segment": cmd_segment, "contrast": cmd_contrast, "web": cmd_web}
 
 

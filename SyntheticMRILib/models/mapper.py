@@ -12,6 +12,7 @@ network slice by slice, and resamples the maps back (linear) onto the input grid
 """
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -20,18 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .grid import model_grid, pad_to, resample
+from ..io.grid import model_grid, pad_to, resample
 from ..errors import InputError
+from ..io.series import head_mask
 from ..io.volumes import PathLike, Volume
 from ..physics.protocols import Protocol
 from ..physics.routine import PARAMETER_NAMES, SERIES, parameter_vector
 from ..resources import resource_path
 
-__all__ = ["MapNet", "MAP_SCALE_MS", "head_mask", "series_scales", "network_input", "predict_maps", "estimate_maps",
+__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "predict_maps", "estimate_maps",
            "save_mapper", "load_mapper", "default_mapper_path"]
 
 MAP_SCALE_MS = (1000.0, 100.0)  # the network predicts log(T1 / 1000 ms) and log(T2 / 100 ms): both of order 1
-_HEAD_FRACTION = 0.1  # a voxel is in the head when some series exceeds this share of its 99th percentile
 
 
 class _FiLM(nn.Module):
@@ -121,14 +122,6 @@ def outputs_to_maps(out: torch.Tensor, threshold: float = 0.5) -> Tuple[torch.Te
 
 
 # --------------------------------------------------------------------------- normalization
-
-
-def head_mask(images: np.ndarray) -> np.ndarray:
-    """Voxels where some series ``images[s]`` exceeds a tenth of its 99th percentile: the head, CSF included
-    (bright on T2w), air and most bone left out. The same rule in training and inference."""
-    images = np.asarray(images, dtype=np.float32)
-    tops = np.percentile(images.reshape(len(images), -1), 99, axis=1)
-    return np.any(images > (_HEAD_FRACTION * tops).reshape((-1,) + (1,) * (images.ndim - 1)), axis=0)
 
 
 def series_scales(images: np.ndarray) -> np.ndarray:
@@ -230,7 +223,7 @@ def load_mapper(path: Optional[PathLike] = None, device: torch.device = torch.de
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model = MapNet(saved["config"])
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()})
-    except (RuntimeError, KeyError, EOFError, ValueError) as error:
+    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise InputError(f"{path}: not a SyntheticMRI map model ({type(error).__name__})") from None
     return model.to(device).eval()
 

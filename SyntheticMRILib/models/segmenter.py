@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .contrast import LearnableContrast, normalize_contrasts
-from .grid import model_grid, pad_to, resample
+from ..io.grid import model_grid, pad_to, resample
 from ..errors import InputError
 from ..io.maps import TISSUE_PD, Maps, relaxation_problem, tissue_mask
 from ..io.labels import STRUCTURES

@@ -4,8 +4,8 @@ Usable from the Slicer Python console (``SyntheticMRI.SyntheticMRILogic()``), th
 widget, and tests. Importing it imports neither torch nor MRML: the bridge
 (:mod:`SyntheticMRILib.slicer.bridge`), the preview and the physics load on first
 use, after :meth:`SyntheticMRILogic.ensureDependencies`. Synthesis of one volume
-is sub-second and runs in process; segmentation and the learned contrasts run in a
-PythonSlicer child (:mod:`SyntheticMRILib.jobs`).
+is sub-second and runs in process; segmentation, the learned contrasts and the maps
+estimated from routine scans run in a PythonSlicer child (:mod:`SyntheticMRILib.jobs`).
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from .. import jobs
-from ..io.provenance import PROTOCOL_KEY
+from ..io.maps import MAP_NAMES
+from ..io.provenance import PARAMETER_KEYS, PROTOCOL_KEY
 from ..physics.protocols import PRESETS, Protocol, contrast_description, preset, protocol_from_values
+from ..physics.routine import RANGES_MS, SERIES
 from . import install
 
 __all__ = ["SyntheticMRILogic", "CUSTOM_CONTRASTS", "CONTRASTS", "sequence_of", "custom_contrast_of"]
@@ -30,6 +32,8 @@ CUSTOM_CONTRASTS = {
 }
 CONTRASTS = tuple(PRESETS) + tuple(CUSTOM_CONTRASTS)
 PROTOCOL_ATTRIBUTE = PROTOCOL_KEY  # the node attribute of a synthesized volume (the bridge sets it)
+DICOM_TAGS = {"tr": "0018,0080", "te": "0018,0081", "ti": "0018,0082"}  # RepetitionTime, EchoTime, InversionTime (ms)
+ESTIMATED_MAP_NAMES = tuple(f"{name.upper()} map (estimated)" for name in MAP_NAMES)
 
 
 def sequence_of(contrast: str) -> str:
@@ -156,14 +160,26 @@ class SyntheticMRILogic:
                 temporaryPath: Optional[str] = None) -> Tuple[str, List[str]]:
         """Write the maps into a new temporary folder; return it and the argv of a ``segment`` or
         ``contrast --learned`` child (:func:`SyntheticMRILib.jobs.maps_job`) that writes its results there."""
-        bridge = _bridge()
+        folder = self._jobFolder((t1Node, t2Node, pdNode), MAP_NAMES, temporaryPath)
+        return folder, jobs.maps_job(jobs.slicer_python(), command, folder, units, device)
+
+    def routineMapsJob(self, t1wNode, t2wNode, flairNode, values: Mapping[str, Mapping[str, float]],
+                       device: str = "auto", model: Optional[str] = None,
+                       temporaryPath: Optional[str] = None) -> Tuple[str, List[str]]:
+        """Write the T1w, T2w and FLAIR series into a new temporary folder; return it and the argv of a ``maps``
+        child (:func:`SyntheticMRILib.jobs.routine_maps_job`; ``values``: each series' TR/TE/TI in ms) that
+        writes the estimated T1/T2/PD maps there."""
+        folder = self._jobFolder((t1wNode, t2wNode, flairNode), SERIES, temporaryPath)
+        return folder, jobs.routine_maps_job(jobs.slicer_python(), folder, values, device, model)
+
+    def _jobFolder(self, nodes, names, temporaryPath: Optional[str]) -> str:
         folder = tempfile.mkdtemp(prefix="SyntheticMRI-", dir=temporaryPath or _slicerTemporaryPath())
         try:
-            jobs.write_job_maps(folder, [bridge.volume_from_node(node) for node in (t1Node, t2Node, pdNode)])
+            jobs.write_job_maps(folder, [_bridge().volume_from_node(node) for node in nodes], names)
         except Exception:
-            self.removeJobFolder(folder)  # a map that cannot be written leaves no folder behind
+            self.removeJobFolder(folder)  # a volume that cannot be written leaves no folder behind
             raise
-        return folder, jobs.maps_job(jobs.slicer_python(), command, folder, units, device)
+        return folder
 
     def loadSegmentation(self, folder: str, referenceNode=None):
         """The ``segment`` results of ``folder`` as a segmentation node (named, coloured, coded segments on the
@@ -187,6 +203,27 @@ class SyntheticMRILogic:
             nodes.append(_bridge().node_from_contrast(read_volume(path), protocol, name=name, scene=scene))
         return nodes
 
+    def loadEstimatedMaps(self, folder: str, scene=None) -> tuple:
+        """The maps a ``maps`` child wrote into ``folder`` as volume nodes (T1, T2 in ms; PD), in ``scene``
+        (default: Slicer's)."""
+        from ..io.volumes import read_volume
+
+        maps = Path(folder) / jobs.ESTIMATED_MAPS_FOLDER
+        return tuple(_bridge().node_from_volume(read_volume(maps / f"{name}.nrrd"), label, scene=scene)
+                     for name, label in zip(MAP_NAMES, ESTIMATED_MAP_NAMES))
+
+    @staticmethod
+    def protocolValuesFromNode(node, series: str) -> Dict[str, float]:
+        """The TR/TE(/TI) in ms of ``node`` that ``series`` ("t1w", "t2w", "flair") takes, as far as they are known:
+        from the DICOM header of a volume loaded from DICOM, else from the provenance of a contrast synthesized here
+        (:func:`~SyntheticMRILib.slicer.bridge.node_from_contrast`); none for any other volume."""
+        if node is None:
+            return {}
+        names, uids = RANGES_MS[series], (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        found = _dicomValues(uids[0]) if uids else {name: node.GetAttribute(PARAMETER_KEYS[name]) for name in names}
+        values = {name: _number(found.get(name)) for name in names}
+        return {name: value for name, value in values.items() if value > 0}
+
     @staticmethod
     def removeJobFolder(folder: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
@@ -195,12 +232,47 @@ class SyntheticMRILogic:
         """Console use: segment in a child process and wait; returns (segmentation node, volumes table node)."""
         folder, argv = self.mapsJob("segment", t1Node, t2Node, pdNode, units, device)
         try:
-            code, stderr = jobs.run_batch_process(argv)
-            if code != 0:
-                raise RuntimeError(jobs.error_line(stderr) or f"segment failed (exit code {code})")
+            _runToEnd(argv, "segment")
             return self.loadSegmentation(folder, t1Node)
         finally:
             self.removeJobFolder(folder)
+
+    def estimateMaps(self, t1wNode, t2wNode, flairNode, values: Mapping[str, Mapping[str, float]], device: str = "auto",
+                     model: Optional[str] = None) -> tuple:
+        """Console use: T1/T2/PD maps from the T1w, T2w and FLAIR series and their TR/TE/TI (ms,
+        ``{"t1w": {"tr": .., "te": ..}, ...}``) in a child process, waiting; returns the three map nodes."""
+        folder, argv = self.routineMapsJob(t1wNode, t2wNode, flairNode, values, device, model)
+        try:
+            _runToEnd(argv, "maps")
+            return self.loadEstimatedMaps(folder, t1wNode.GetScene())
+        finally:
+            self.removeJobFolder(folder)
+
+
+def _runToEnd(argv: List[str], command: str) -> None:
+    """Run a child and wait; RuntimeError with its one-line error when it fails."""
+    code, stderr = jobs.run_batch_process(argv)
+    if code != 0:
+        raise RuntimeError(jobs.error_line(stderr) or f"{command} failed (exit code {code})")
+
+
+def _number(text: Optional[str]) -> float:
+    """``text`` as a number; 0 (unknown) when absent or not a number."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _dicomValues(uid: str) -> Dict[str, str]:
+    """TR/TE/TI (ms, as text; "" when absent) in the header of the DICOM instance ``uid``, from Slicer's database."""
+    import slicer
+
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is None:
+        return {}
+    path = database.fileForInstance(uid)
+    return {name: database.fileValue(path, tag).split("\\")[0] for name, tag in DICOM_TAGS.items()}
 
 
 # --------------------------------------------------------------------------- Slicer's defaults

@@ -32,6 +32,7 @@ from ..devices import DEVICES
 from ..io.maps import UNITS
 from ..physics.protocols import (PARAMETERS, PRESETS, RANGES, SEQUENCES, START_CONTRAST, clamp_parameters,
                                  parameter_bounds, preset_values, start_values)
+from ..physics.routine import RANGES_MS, SERIES
 from .logic import CONTRASTS, PROTOCOL_ATTRIBUTE, custom_contrast_of, sequence_of
 from .process import ChildJob
 
@@ -67,6 +68,7 @@ BINDINGS = {
 }
 SLIDERS = {name: f"{name}Slider" for name in PARAMETERS}
 OPTIONAL_SLIDERS = ("ti", "ti2", "flip")  # shown only for the sequences that take them
+SERIES_LABELS = {"t1w": "T1w", "t2w": "T2w", "flair": "T2-FLAIR"}  # the routine series, as the section names them
 
 
 def disableKeyboardTracking(slider) -> None:
@@ -112,8 +114,17 @@ class SyntheticMRIWidget(VTKObservationMixin):
         ui.segmentButton.connect("clicked(bool)", lambda: self.onMapsJob("segment"))
         ui.learnedContrastButton.connect("clicked(bool)", lambda: self.onMapsJob("contrast"))
         ui.segmentationCancelButton.connect("clicked(bool)", lambda: self._mapsJob and self._mapsJob.cancel())
+        # Maps from routine scans: the series and their TR/TE/TI (ms) are read when the button is pressed.
+        self._seriesSelectors = {series: getattr(ui, f"{series}Selector") for series in SERIES}
+        self._seriesSpinBoxes = {series: {name: getattr(ui, f"{series}{name.capitalize()}SpinBox")
+                                          for name in RANGES_MS[series]} for series in SERIES}
+        for series, selector in self._seriesSelectors.items():
+            selector.connect("currentNodeChanged(vtkMRMLNode*)",
+                             lambda node, series=series: self.onSeriesChanged(series, node))
+        ui.routineMapsButton.connect("clicked(bool)", self.onRoutineMaps)
+        ui.routineCancelButton.connect("clicked(bool)", lambda: self._mapsJob and self._mapsJob.cancel())
         self._updateBatchButtons()
-        self._updateSegmentationButtons()
+        self._updateMapsJobButtons()
         # Zero-interval single-shot timers coalesce a burst of events into one computation.
         self._previewTimer, self._updateTimer = qt.QTimer(), qt.QTimer()
         for timer, callback in ((self._previewTimer, self._runPreview), (self._updateTimer, self._synthesizeVolume)):
@@ -381,10 +392,13 @@ class SyntheticMRIWidget(VTKObservationMixin):
         self._updateBatchButtons()
 
     # ------------------------------------------------------------------ segmentation and learned contrasts, out of process
-    def _updateSegmentationButtons(self) -> None:
-        running = self._mapsJob is not None
-        self.ui.segmentButton.enabled = self.ui.learnedContrastButton.enabled = not running
-        self.ui.segmentationCancelButton.enabled = running
+    def _updateMapsJobButtons(self) -> None:
+        """One maps job at a time (segmentation, learned contrasts or maps from routine scans): each is a process
+        holding a network; Cancel is offered in the section of the one running."""
+        ui, job = self.ui, self._mapsJob
+        ui.segmentButton.enabled = ui.learnedContrastButton.enabled = ui.routineMapsButton.enabled = job is None
+        ui.segmentationCancelButton.enabled = job is not None and job.progressBar is ui.segmentationProgressBar
+        ui.routineCancelButton.enabled = job is not None and job.progressBar is ui.routineProgressBar
 
     def onMapsJob(self, command: str) -> None:
         """``segment`` or ``contrast`` (the learned contrasts) on the input maps, in a PythonSlicer process."""
@@ -400,12 +414,12 @@ class SyntheticMRIWidget(VTKObservationMixin):
         describe = lambda done, total, what: _("{what}: {done} of {total}").format(what=what, done=done, total=total)
         self._mapsJob = ChildJob(argv, self.ui.segmentationProgressBar, self.ui.segmentationStatusLabel,
                                  lambda *result: self._onMapsJobFinished(command, folder, *result), describe)
-        self._updateSegmentationButtons()
+        self._updateMapsJobButtons()
         self._mapsJob.start()
 
     def _onMapsJobFinished(self, command: str, folder: str, ok: bool, cancelled: bool, error: str, messages: List[str]) -> None:
         self._mapsJob = None
-        self._updateSegmentationButtons()
+        self._updateMapsJobButtons()
         label = self.ui.segmentationStatusLabel
         try:
             if not ok:
@@ -423,5 +437,59 @@ class SyntheticMRIWidget(VTKObservationMixin):
                     nodes = self.logic.loadLearnedContrasts(folder)
                     label.text = "\n".join(node.GetName() + ": " + node.GetAttribute(PROTOCOL_ATTRIBUTE) for node in nodes)
                     slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+        finally:
+            self.logic.removeJobFolder(folder)
+
+    # ------------------------------------------------------------------ maps from routine scans, out of process
+    def onSeriesChanged(self, series: str, node) -> None:
+        """Fill in the TR/TE/TI a chosen volume is known to have (DICOM, or a contrast synthesized here)."""
+        for name, value in self.logic.protocolValuesFromNode(node, series).items():
+            self._seriesSpinBoxes[series][name].value = value
+
+    def _routineProblem(self) -> Optional[str]:
+        missing = [SERIES_LABELS[s] for s, selector in self._seriesSelectors.items() if selector.currentNode() is None]
+        if missing:
+            return _("Select the {series} volume(s).").format(series=", ".join(missing))
+        unknown = [f"{SERIES_LABELS[s]} {name.upper()}" for s, boxes in self._seriesSpinBoxes.items()
+                   for name, box in boxes.items() if box.value <= 0]
+        return _("Enter the {unknown} (ms).").format(unknown=", ".join(unknown)) if unknown else None
+
+    def onRoutineMaps(self) -> None:
+        """T1/T2/PD maps from the T1w, T2w and FLAIR in a PythonSlicer process; they become the input maps."""
+        problem = self._routineProblem()
+        if problem:
+            self.ui.routineStatusLabel.text = problem
+            return
+        if self._mapsJob is not None or not self.logic.ensureDependencies(extras=True):
+            return
+        nodes = [self._seriesSelectors[series].currentNode() for series in SERIES]
+        values = {series: {name: float(box.value) for name, box in boxes.items()}
+                  for series, boxes in self._seriesSpinBoxes.items()}
+        with slicer.util.tryWithErrorDisplay(_("Could not write the series for the map estimator."), waitCursor=True):
+            folder, argv = self.logic.routineMapsJob(*nodes, values, device=self.logic.getParameterNode().device)
+        describe = lambda done, total, what: _("Estimating the maps: slice {done} of {total}").format(
+            done=done, total=total)
+        self._mapsJob = ChildJob(argv, self.ui.routineProgressBar, self.ui.routineStatusLabel,
+                                 lambda *result: self._onRoutineMapsFinished(folder, *result), describe)
+        self._updateMapsJobButtons()
+        self._mapsJob.start()
+
+    def _onRoutineMapsFinished(self, folder: str, ok: bool, cancelled: bool, error: str, messages: List[str]) -> None:
+        self._mapsJob = None
+        self._updateMapsJobButtons()
+        label = self.ui.routineStatusLabel
+        try:
+            if not ok:
+                label.text = _("Cancelled.") if cancelled else _("Failed: {error}").format(error=error)
+                return
+            with slicer.util.tryWithErrorDisplay(_("Could not load the estimated maps."), waitCursor=True):
+                t1, t2, pd = self.logic.loadEstimatedMaps(folder)
+                p = self.logic.getParameterNode()  # the module's, even if it was left while the job ran
+                with slicer.util.NodeModify(p):
+                    p.t1Volume, p.t2Volume, p.pdVolume, p.units = t1, t2, pd, "ms"
+                slicer.util.setSliceViewerLayers(background=t1, fit=True)
+                # e.g. a TR outside the training ranges: the maps may be less accurate, and the user should know
+                warnings = [line for line in messages if line.startswith("warning:")]
+                label.text = "\n".join([_("Estimated T1, T2 (ms) and PD: they are the input maps now.")] + warnings)
         finally:
             self.logic.removeJobFolder(folder)

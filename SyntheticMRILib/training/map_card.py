@@ -51,7 +51,7 @@ def write_map_card(report: Dict[str, Any], path: Path) -> Path:
         "0.1 to 1000 per series. Inputs are divided by each series' median over the head of the whole volume.",
         "",
         f"Recipe: {config['steps']} steps, batch {config['batch']}, {config['crop']}-pixel crops, AdamW lr {config['lr']} "
-        f"one-cycle, channels {config['channels']}, FiLM embedding {config['embedding']}, physics weight "
+        f"(5 % warm-up, cosine decay), channels {config['channels']}, FiLM embedding {config['embedding']}, physics weight "
         f"{config['physics_weight']}, seed {config['seed']}; training took {report['training_s'] / 60:.0f} min "
         "for all variants on this machine's device. Reproduce: `syntheticmri train-maps --data DIR -o OUT` "
         "(see the README).",

@@ -90,6 +90,15 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
     return loss, parts
 
 
+def learning_rate(step: int, config: MapTrainConfig) -> float:
+    """Linear warm-up over the first 5 % of the steps, then a cosine decay to 1 % of ``config.lr``."""
+    warmup = max(1, config.steps // 20)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def _validation_loss(model: MapNet, batches: List[Dict[str, Any]], config: MapTrainConfig) -> float:
     model.eval()
     with torch.no_grad():
@@ -105,14 +114,12 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
     torch.manual_seed(config.seed)
     model = build_map_variant(name, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.1)
     checkpoint = out / f"{name}.ckpt"
     state = {"step": 0, "curve": [], "val": [], "best": math.inf}
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
         state = saved["state"]
         log(f"{name}: resuming at step {state['step']}")
     rng = np.random.default_rng([config.seed, state["step"]])  # the same draws for every variant
@@ -126,11 +133,12 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
         batch = bank.sample(config.batch, config.crop, model.context, rng)
         inputs, parameters, targets = (batch[k].to(device) for k in ("inputs", "parameters", "targets"))
         loss, parts = map_loss(model(inputs, parameters), targets, inputs, batch["protocols"], model.context, physics)
+        for group in optimizer.param_groups:  # a function of the step alone: a resumed (or lengthened) run continues it
+            group["lr"] = learning_rate(state["step"], config)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        schedule.step()
         state["step"] += 1
         state["curve"].append([state["step"], float(loss), parts["maps"]])
         bar.update(1)
@@ -143,7 +151,7 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
                 state["best"] = value
                 save_mapper(model, out / f"{name}.pt", {"variant": name, "step": state["step"], "val_loss": value})
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "state": state}, checkpoint)
+                        "state": state}, checkpoint)
             log(f"{name}: step {state['step']} val map loss {value:.4f}")
             rng = np.random.default_rng([config.seed, state["step"]])  # resumable: draws depend on the step only
     bar.close()

@@ -7,7 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..io.volumes import Volume
+from .volumes import Volume
 
 __all__ = ["MODEL_SPACING_MM", "model_grid", "resample", "pad_to"]
 

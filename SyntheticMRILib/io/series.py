@@ -1,0 +1,157 @@
+"""Routine weighted series (T1w, T2w, FLAIR) as the map estimator takes them: files, protocols, one grid.
+
+Each series' TR/TE/TI come from the command line or from a BIDS JSON sidecar (``RepetitionTime``,
+``EchoTime``, ``InversionTime``, in seconds) beside the image (same name, ``.json``) or named explicitly;
+command-line values win. The series are assumed co-registered (same patient position, as the series of one
+session are): those on another grid are resampled (linear) onto the T1w's grid, and refused when their
+physical extents do not overlap. Refused with a one-line error: a missing file or parameter, a 2-D or 4-D
+image, NaN, an impossible protocol (TE >= TR, TI >= TR, times in seconds), and a series that shows fluid as a
+map does (a T1 or T2 map given for a T1w or FLAIR, where fluid must be dark).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..physics.protocols import Protocol
+from ..physics.routine import RANGES_MS, SERIES, series_protocols
+from .grid import resample
+from .volumes import EXTENSIONS, PathLike, Volume, read_volume
+
+__all__ = ["RoutineSeries", "head_mask", "sidecar_path", "read_sidecar", "load_series", "SIDECAR_KEYS"]
+
+SIDECAR_KEYS = {"tr": "RepetitionTime", "te": "EchoTime", "ti": "InversionTime"}  # BIDS, seconds
+_MIN_OVERLAP = 0.5  # share of the T1w's extent (per axis) another series must cover
+_FLUID_SHARE = 0.03  # the brightest share of the T2w's head voxels: fluid (CSF, vitreous)
+_FLUID_BRIGHT = 1.3  # fluid this much above the head's mean on a T1w or FLAIR: not that contrast
+_HEAD_FRACTION = 0.1  # a voxel is in the head when some series exceeds this share of its 99th percentile
+
+
+@dataclass(frozen=True)
+class RoutineSeries:
+    """The three series on the T1w's grid (float32), their protocols, and what was done to bring them there."""
+
+    images: Tuple[Volume, Volume, Volume]
+    protocols: Dict[str, Protocol]
+    notes: Tuple[str, ...] = ()
+
+    def stack(self) -> np.ndarray:
+        return np.stack([v.array for v in self.images])
+
+
+def sidecar_path(image: PathLike) -> Path:
+    """``scan.nii.gz`` -> ``scan.json`` (BIDS naming)."""
+    image = Path(image)
+    name = image.name
+    for extension in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(extension):
+            return image.with_name(name[: -len(extension)] + ".json")
+    return image.with_suffix(".json")
+
+
+def read_sidecar(path: PathLike, series: str) -> Dict[str, float]:
+    """TR/TE/TI (ms) of a BIDS sidecar; those it lacks are left out."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON sidecar ({type(error).__name__})") from None
+    out = {}
+    for name, key in SIDECAR_KEYS.items():
+        if key not in data or name not in RANGES_MS[series]:
+            continue
+        value = data[key]
+        if isinstance(value, list):  # multi-echo sidecars list echo times; these series have one
+            value = value[0] if len(value) == 1 else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(f"{path}: {key} must be one number (seconds), got {data[key]!r}")
+        if value > 30:
+            raise InputError(f"{path}: {key} {value:g} looks like milliseconds; BIDS sidecars give seconds")
+        out[name] = float(value) * 1000.0
+    return out
+
+
+def _check_image(volume: Volume, path: Path, series: str) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+    if bad:
+        raise InputError(f"{series} {path}: {bad} NaN or infinite voxels; mask or fill them first")
+    if float(np.max(volume.array)) <= 0:
+        raise InputError(f"{series} {path}: no signal (every voxel <= 0)")
+
+
+def _extent(volume: Volume) -> Tuple[np.ndarray, np.ndarray]:
+    shape = np.array(volume.array.shape[::-1])
+    matrix = np.asarray(volume.direction).reshape(3, 3) * np.asarray(volume.spacing)
+    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
+    points = corners @ matrix.T + np.asarray(volume.origin)
+    return points.min(0), points.max(0)
+
+
+def _onto(volume: Volume, grid: Volume, series: str) -> Volume:
+    low, high = _extent(grid)
+    other_low, other_high = _extent(volume)
+    covered = (np.minimum(high, other_high) - np.maximum(low, other_low)) / (high - low)
+    if np.any(covered < _MIN_OVERLAP):
+        raise InputError(f"{series} does not overlap the T1w (covers {100 * max(0.0, float(covered.min())):.0f} % of its "
+                         "extent along one axis); the series must be co-registered scans of one head")
+    return grid.with_array(resample(volume.with_array(np.asarray(volume.array, np.float32)), grid))
+
+
+def head_mask(images: np.ndarray) -> np.ndarray:
+    """Voxels where some series ``images[s]`` exceeds a tenth of its 99th percentile: the head, CSF included
+    (bright on T2w), air and most bone left out. The same rule in training and inference."""
+    images = np.asarray(images, dtype=np.float32)
+    tops = np.percentile(images.reshape(len(images), -1), 99, axis=1)
+    return np.any(images > (_HEAD_FRACTION * tops).reshape((-1,) + (1,) * (images.ndim - 1)), axis=0)
+
+
+def _check_contrast(images: np.ndarray) -> None:
+    """Fluid (the T2w's brightest head voxels) must be dark on the T1w and the FLAIR; on a T1 or T2 map it is
+    the brightest tissue."""
+    head = head_mask(images)
+    t2w = images[1][head]
+    fluid = t2w >= np.quantile(t2w, 1 - _FLUID_SHARE)
+    for n, (name, what) in ((0, ("t1w", "T1-weighted")), (2, ("flair", "FLAIR"))):
+        values = images[n][head]
+        ratio = float(values[fluid].mean() / max(values.mean(), 1e-12))
+        if ratio > _FLUID_BRIGHT:
+            raise InputError(f"{name}: fluid is bright ({ratio:.1f}x the head's mean where the T2w is brightest); a "
+                             f"{what} series shows it dark: is this a T1 or T2 map, or another contrast?")
+
+
+def load_series(paths: Mapping[str, PathLike], values: Mapping[str, Mapping[str, Optional[float]]],
+                sidecars: Optional[Mapping[str, Optional[PathLike]]] = None) -> RoutineSeries:
+    """Read and check the three series (``paths`` by ``t1w``/``t2w``/``flair``); ``values``: the command line's
+    TR/TE/TI (ms, ``None`` = not given), which win over the sidecars (``sidecars[s]``, else beside the image)."""
+    sidecars = dict(sidecars or {})
+    volumes, merged, notes = [], {}, []
+    for series in SERIES:
+        path = Path(paths[series])
+        given = {k: v for k, v in values.get(series, {}).items() if v is not None}
+        sidecar = Path(sidecars[series]) if sidecars.get(series) else sidecar_path(path)
+        if sidecars.get(series) and not sidecar.is_file():
+            raise InputError(f"{series}: {sidecar}: no such sidecar")
+        from_file = read_sidecar(sidecar, series) if sidecar.is_file() else {}
+        merged[series] = {**from_file, **given}
+        if from_file and set(from_file) - set(given):
+            notes.append(f"{series}: {', '.join(k.upper() for k in sorted(set(from_file) - set(given)))} from {sidecar.name}")
+        volume = read_volume(path)
+        _check_image(volume, path, series)
+        volumes.append((volume, path))
+    protocols = series_protocols(merged)  # every parameter check before any resampling
+    grid = volumes[0][0]
+    images = [grid.with_array(np.asarray(grid.array, np.float32))]
+    for series, (volume, _) in zip(SERIES[1:], volumes[1:]):
+        if volume.same_grid(grid):
+            images.append(volume.with_array(np.asarray(volume.array, np.float32)))
+        else:
+            images.append(_onto(volume, grid, series))
+            notes.append(f"{series} resampled onto the T1w grid (assumed co-registered)")
+    stacked = np.clip(np.stack([v.array for v in images]), 0, None)  # magnitude: interpolation may dip below 0
+    _check_contrast(stacked)
+    return RoutineSeries(tuple(grid.with_array(a) for a in stacked), protocols, tuple(notes))  # type: ignore[arg-type]
