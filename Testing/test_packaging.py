@@ -108,12 +108,13 @@ def png_size(path: Path) -> tuple:
 
 
 # --------------------------------------------------------------------------- the .ui file
-def test_ui_is_a_qmrmlwidget_with_the_six_sections():
+def test_ui_is_a_qmrmlwidget_with_the_seven_sections():
     assert UI_ROOT.tag == "ui"
     top = UI_ROOT.find("widget")
     assert top.get("class") == "qMRMLWidget" and top.get("name") == UI_ROOT.findtext("class")
     sections = [ui_property(w, "text") for w in UI_ROOT.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Inputs", "Contrast", "Output", "Subcortical segmentation", "Batch", "Advanced"]
+    assert sections == ["Inputs", "Contrast", "Output", "Maps from routine scans", "Subcortical segmentation", "Batch",
+                        "Advanced"]
 
 
 def test_ui_object_names_are_unique_and_custom_widgets_declared():
@@ -134,7 +135,8 @@ def test_ui_node_selectors_get_the_scene_and_take_scalar_volumes():
         and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
     selectors = [w for w in ui_widgets().values() if w.get("class") == "qMRMLNodeComboBox"]
-    assert {w.get("name") for w in selectors} == {"t1Selector", "t2Selector", "pdSelector", "outputSelector"}
+    assert {w.get("name") for w in selectors} == {"t1Selector", "t2Selector", "pdSelector", "outputSelector",
+                                                          "t1wSelector", "t2wSelector", "flairSelector"}
     for selector in selectors:
         assert selector.get("name") in connected, f"{selector.get('name')} never receives the scene"
         types_ = [s.text for s in selector.find("property[@name='nodeTypes']").iter("string")]

@@ -71,6 +71,7 @@ SLOW_OR_NEEDS_DATA = {
     "demo": "the README's main command: CI runs it",
     "phantom": "minutes of generation, or a download",
     "train-seg": "needs generated phantom splits and hours",
+    "train-maps": "needs generated phantom splits and an hour",
     "web": "serves until stopped: Testing/test_web_browser.py starts it and drives the page in Chromium",
 }
 
@@ -136,3 +137,24 @@ def test_the_cohort_commands_run_and_a_rerun_makes_nothing(workspace, capsys):
         ["T1w.nrrd", "T2-FLAIR.nrrd", "segmentation.nrrd", "volumes.csv", "PDw.nrrd", "STIR.nrrd", "T1w-short.nrrd",
          "FLAIR-long.nrrd"])
     assert (workspace / "cohort" / "volumes.csv").read_text().splitlines()[1].startswith("sub-01,")
+
+
+def test_the_maps_chain_runs_and_its_maps_are_close_to_the_sample(workspace, capsys):
+    """Routine scans -> maps -> any contrast, as the README writes it, with the shipped model."""
+    from SyntheticMRILib.apps.cli import main
+    from SyntheticMRILib.io.volumes import read_volume
+    from SyntheticMRILib.resources import sample_paths
+    from SyntheticMRILib.training.map_metrics import map_scores
+
+    block = re.search(r"<!-- maps-chain[^\n]*\n```bash\n(.*?)^```", README, re.M | re.S).group(1)
+    commands = [line.split("#")[0].split() for line in block.replace("\\\n", " ").splitlines()]
+    assert [c[1] for c in commands] == ["synth", "synth", "synth", "maps", "synth"]
+    for command in commands:
+        assert main(command[1:]) == 0, (" ".join(command), capsys.readouterr().err)
+    truth = [read_volume(sample_paths()[m]).array for m in ("t1", "t2", "pd")]
+    estimated = [read_volume(workspace / "estimated" / f"{m}.nrrd").array for m in ("t1", "t2", "pd")]
+    scores = map_scores(estimated, truth, read_volume(sample_paths()["labels"]).array)
+    # the sample at the presets' protocols, noise-free: the shipped model's figures (model card) less a margin
+    assert scores["t1"]["mape"] < 20 and scores["t2"]["mape"] < 20 and scores["pd"]["mape"] < 8, scores
+    assert min(scores[m]["ssim"] for m in ("t1", "t2", "pd")) > 0.9, scores
+    assert read_volume(workspace / "dir.nrrd").same_grid(read_volume(workspace / "T1w.nrrd"))

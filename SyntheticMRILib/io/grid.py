@@ -1,7 +1,7 @@
 """The grid the 2-D networks work on (1 mm, axes along LPS, axial slices) and the moves to it and back."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -9,21 +9,26 @@ import torch
 
 from .volumes import Volume
 
-__all__ = ["MODEL_SPACING_MM", "model_grid", "resample", "pad_to"]
+__all__ = ["MODEL_SPACING_MM", "physical_extent", "model_grid", "resample", "pad_to"]
 
 MODEL_SPACING_MM = 1.0
 _LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def physical_extent(grid: Volume) -> Tuple[np.ndarray, np.ndarray]:
+    """The LPS box (mm) that ``grid``'s voxels cover, corners of the outer voxels included: (low, high)."""
+    shape = grid.array.shape[::-1]
+    matrix = np.asarray(grid.direction).reshape(3, 3) * np.asarray(grid.spacing)
+    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
+    points = corners @ matrix.T + np.asarray(grid.origin)
+    return points.min(0), points.max(0)
 
 
 def model_grid(grid: Volume) -> Optional[Volume]:
     """The 1 mm LPS-aligned grid covering ``grid``, or ``None`` when ``grid`` already is one (no resampling)."""
     if np.allclose(grid.direction, _LPS, atol=1e-6) and np.allclose(grid.spacing, MODEL_SPACING_MM, atol=1e-3):
         return None
-    shape = grid.array.shape[::-1]
-    matrix = np.asarray(grid.direction).reshape(3, 3) * np.asarray(grid.spacing)
-    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
-    points = corners @ matrix.T + np.asarray(grid.origin)
-    low, high = points.min(0), points.max(0)
+    low, high = physical_extent(grid)
     size = np.maximum(1, np.ceil((high - low) / MODEL_SPACING_MM - 1e-6)).astype(int)
     origin = low + MODEL_SPACING_MM / 2
     return Volume(np.zeros(size[::-1], np.uint8), (MODEL_SPACING_MM,) * 3, tuple(origin.tolist()), _LPS)

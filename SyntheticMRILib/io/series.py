@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..physics.protocols import Protocol
 from ..physics.routine import RANGES_MS, SERIES, series_protocols
-from .grid import resample
+from .grid import physical_extent, resample
 from .volumes import EXTENSIONS, PathLike, Volume, read_volume
 
 __all__ = ["RoutineSeries", "head_mask", "sidecar_path", "read_sidecar", "load_series", "SIDECAR_KEYS"]
@@ -77,6 +77,9 @@ def read_sidecar(path: PathLike, series: str) -> Dict[str, float]:
 
 
 def _check_image(volume: Volume, path: Path, series: str) -> None:
+    if min(volume.array.shape) < 2:
+        raise InputError(f"{series} {path}: a single slice ({'x'.join(map(str, volume.size))} voxels); the maps need "
+                         "a 3-D volume")
     bad = int(np.count_nonzero(~np.isfinite(volume.array)))
     if bad:
         raise InputError(f"{series} {path}: {bad} NaN or infinite voxels; mask or fill them first")
@@ -84,17 +87,9 @@ def _check_image(volume: Volume, path: Path, series: str) -> None:
         raise InputError(f"{series} {path}: no signal (every voxel <= 0)")
 
 
-def _extent(volume: Volume) -> Tuple[np.ndarray, np.ndarray]:
-    shape = np.array(volume.array.shape[::-1])
-    matrix = np.asarray(volume.direction).reshape(3, 3) * np.asarray(volume.spacing)
-    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
-    points = corners @ matrix.T + np.asarray(volume.origin)
-    return points.min(0), points.max(0)
-
-
 def _onto(volume: Volume, grid: Volume, series: str) -> Volume:
-    low, high = _extent(grid)
-    other_low, other_high = _extent(volume)
+    low, high = physical_extent(grid)
+    other_low, other_high = physical_extent(volume)
     covered = (np.minimum(high, other_high) - np.maximum(low, other_low)) / (high - low)
     if np.any(covered < _MIN_OVERLAP):
         raise InputError(f"{series} does not overlap the T1w (covers {100 * max(0.0, float(covered.min())):.0f} % of its "

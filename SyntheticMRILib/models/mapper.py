@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..physics.protocols import Protocol
 from ..physics.routine import PARAMETER_NAMES, SERIES, parameter_vector
 from ..resources import resource_path
 
-__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "predict_maps", "estimate_maps",
+__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "outputs_to_maps", "predict_maps", "estimate_maps",
            "save_mapper", "load_mapper", "default_mapper_path"]
 
 MAP_SCALE_MS = (1000.0, 100.0)  # the network predicts log(T1 / 1000 ms) and log(T2 / 100 ms): both of order 1
@@ -201,7 +201,7 @@ def estimate_maps(images: Sequence[Volume], protocols: Mapping[str, Protocol], m
 
 
 def default_mapper_path() -> Path:
-    return resource_path("Models", "maps.pt")
+    return resource_path("Models", "maps", "maps.pt")
 
 
 def save_mapper(model: MapNet, path: PathLike, extra: Optional[Mapping[str, Any]] = None) -> Path:
@@ -226,9 +226,3 @@ def load_mapper(path: Optional[PathLike] = None, device: torch.device = torch.de
     except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise InputError(f"{path}: not a SyntheticMRI map model ({type(error).__name__})") from None
     return model.to(device).eval()
-
-
-def model_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
-    """The ``extra`` record saved with a model (training recipe, scores)."""
-    path = Path(path) if path is not None else default_mapper_path()
-    return dict(torch.load(path, map_location="cpu", weights_only=True).get("extra", {}))

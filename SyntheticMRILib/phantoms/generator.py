@@ -597,6 +597,7 @@ def write_split(output: PathLike, split: str, count: int, seed: int = 0, field: 
         "resolution_mm": resolution, "units": {"t1": "ms", "t2": "ms", "pd": "fraction of water"},
         "sources": {n: {"package": SOURCES[n].package or "bundled", "member": SOURCES[n].member,
                         "licence": SOURCES[n].licence, "may_be_shipped": SOURCES[n].shippable} for n in used},
+        "source_order": list(EXTERNAL_SOURCES if split == "external" else (sources or INTERNAL_SOURCES)),
         "volume_norms": NORMS_SOURCE, "variation": dataclasses.asdict(VARIATION), "subjects": subjects,
     }
     return write_manifest(output, manifest)

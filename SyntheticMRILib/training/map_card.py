@@ -53,8 +53,15 @@ def write_map_card(report: Dict[str, Any], path: Path) -> Path:
         f"Recipe: {config['steps']} steps, batch {config['batch']}, {config['crop']}-pixel crops, AdamW lr {config['lr']} "
         f"(5 % warm-up, cosine decay), channels {config['channels']}, FiLM embedding {config['embedding']}, physics weight "
         f"{config['physics_weight']}, seed {config['seed']}; training took {report['training_s'] / 60:.0f} min "
-        "for all variants on this machine's device. Reproduce: `syntheticmri train-maps --data DIR -o OUT` "
-        "(see the README).",
+        "for all variants on this machine's device.",
+        "",
+        "Reproduce (the phantoms, then the run; `--eval-limit` subjects per evaluation split):",
+        "",
+        "```bash",
+        *report.get("data", []),
+        f"syntheticmri train-maps --data phantoms -o runs/maps --steps {config['steps']} --batch {config['batch']} "
+        f"--seed {config['seed']} --eval-limit {report.get('eval_limit', 3)}",
+        "```",
         "",
         "## Results",
         "",

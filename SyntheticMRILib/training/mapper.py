@@ -46,9 +46,6 @@ from ..resources import sha256
 __all__ = ["MapTrainConfig", "MAP_VARIANTS", "build_map_variant", "map_loss", "train_map_variant",
            "evaluate_split", "train_maps_command"]
 
-SPLITS = ("test", "external", "lesions", "out-of-range")
-
-
 def build_map_variant(name: str, config: MapTrainConfig) -> MapNet:
     if name not in MAP_VARIANTS:
         raise InputError(f"unknown variant {name!r}; choose from {', '.join(MAP_VARIANTS)}")
@@ -71,7 +68,7 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
     pd_pred = torch.sigmoid(out[:, 2])
     maps_term = (((out[:, 0] - log1).abs() + (out[:, 1] - log2).abs() + 3 * (pd_pred - pd).abs()) * weight).sum() / count
     mask_term = F.binary_cross_entropy_with_logits(out[:, 3], weight)
-    parts = {"maps": float(maps_term), "mask": float(mask_term)}
+    parts = {"maps": maps_term.item(), "mask": mask_term.item()}
     loss = maps_term + 0.2 * mask_term
     if physics_weight > 0:
         p1 = MAP_SCALE_MS[0] * torch.exp(out[:, 0].clamp(-5, 3))
@@ -85,7 +82,7 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
                 gain = (x * s * m).sum() / ((s * s * m).sum() + 1e-8)
                 terms.append(((gain * s - x).abs() * m).sum() / ((x.abs() * m).sum() + 1e-8))
         physics_term = torch.stack(terms).mean()
-        parts["physics"] = float(physics_term)
+        parts["physics"] = physics_term.item()
         loss = loss + physics_weight * physics_term
     return loss, parts
 
@@ -140,9 +137,9 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         state["step"] += 1
-        state["curve"].append([state["step"], float(loss), parts["maps"]])
+        state["curve"].append([state["step"], loss.item(), parts["maps"]])
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if state["step"] % every == 0 or state["step"] == config.steps:
             value = _validation_loss(model, [{**b, **{k: b[k].to(device) for k in ("inputs", "parameters", "targets")}}
                                              for b in val_batches[model.context]], config)
@@ -233,6 +230,25 @@ def _val_batches(folder: Path, config: MapTrainConfig) -> Dict[int, List[Dict[st
                       for k in range(4)] for context in (1, 3)}
 
 
+def phantom_commands(data: Path) -> List[str]:
+    """The ``syntheticmri phantom`` commands that rebuild the folders of ``data`` (from their manifests)."""
+    commands = []
+    for name in ("train", "val", "test", "external", "lesions"):
+        if not has_manifest(data / name):
+            continue
+        m = read_manifest(data / name)
+        if not {"split", "count", "seed"} <= set(m):  # a folder put together by hand: no command makes it
+            continue
+        sources = m.get("source_order") or sorted({s["source"] for s in m["subjects"]})  # the order draws depend on
+        command = f"syntheticmri phantom --split {m['split']} --count {m['count']} --seed {m['seed']}"
+        if m["split"] != "external":
+            command += f" --sources {','.join(sources)}"
+        if m.get("lesions", "none") != "none":
+            command += f" --lesions {m['lesions']}"
+        commands.append(command + f" -o phantoms/{name}")
+    return commands
+
+
 def _loss_figure(curves: Dict[str, Dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -285,9 +301,9 @@ def train_maps_command(data: Path, out: Path, config: MapTrainConfig, variants: 
             continue
         tables[split] = evaluate_split(folder, methods, models, device, config.seed + 1000, outside,
                                        lesions_only, log, limit=eval_limit)
-    report = {"config": asdict(config), "variants": variants, "chosen": best, "training_s": training_s,
+    report = {"config": asdict(config), "eval_limit": eval_limit, "variants": variants, "chosen": best, "training_s": training_s,
               "val_loss": {n: runs[n]["best_val"] for n in variants}, "tables": tables,
-              "ranges": describe_ranges(), "sha256": sha256(out / "maps.pt"), "size_bytes": (out / "maps.pt").stat().st_size}
+              "ranges": describe_ranges(), "data": phantom_commands(data), "sha256": sha256(out / "maps.pt"), "size_bytes": (out / "maps.pt").stat().st_size}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     _loss_figure(runs, out / "loss.png")
     from .map_card import write_map_card
