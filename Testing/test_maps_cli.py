@@ -17,6 +17,7 @@ from SyntheticMRILib.physics.synthesis import synthesize
 from SyntheticMRILib.resources import sample_paths
 
 VALUES = {"t1w": {"tr": 500, "te": 10}, "t2w": {"tr": 4500, "te": 100}, "flair": {"tr": 9000, "te": 90, "ti": 2372}}
+BRIGHT_FLUID_FLAIR = {"tr": 6000, "te": 140, "ti": 2800}  # in the training ranges, TI past the CSF null: fluid ~2x WM
 
 
 def _cut(volume: Volume, k0: int = 76, k1: int = 84) -> Volume:
@@ -123,7 +124,7 @@ def _bad(series, tmp_path):
         "missing TI": (s, {**VALUES, "flair": {"tr": 9000, "te": 90}}, "flair: missing TI"),
         "TE >= TR": (s, {**VALUES, "t1w": {"tr": 500, "te": 500}}, "t1w: TE must be below TR"),
         "TI >= TR": (s, {**VALUES, "flair": {"tr": 2000, "te": 90, "ti": 2372}}, "flair: TI must be below TR"),
-        "seconds": (s, {**VALUES, "t2w": {"tr": 4.5, "te": 0.1}}, "if you meant seconds"),
+        "seconds": (s, {**VALUES, "t2w": {"tr": 4.5, "te": 0.1}}, "if you meant seconds, that is --t2w-tr 4500 --t2w-te 100"),
         "one slice is not a volume": ({**s, "t1w": flat}, VALUES, "a single slice"),
         "2-D file": ({**s, "t2w": _sitk_file(grid.array[0], tmp_path / "two_d.nrrd")}, VALUES, "is 2-D"),
         "4-D file": ({**s, "flair": _sitk_file(np.stack([grid.array] * 2), tmp_path / "four_d.nrrd")}, VALUES, "is 4-D"),
@@ -131,6 +132,8 @@ def _bad(series, tmp_path):
         "no overlap": ({**s, "flair": write_volume(far, tmp_path / "far.nrrd")}, VALUES, "does not overlap the T1w"),
         "T1 map as T1w": ({**s, "t1w": write_volume(maps["t1"], tmp_path / "t1map.nrrd")}, VALUES, "t1w: fluid is bright"),
         "T2 map as FLAIR": ({**s, "flair": write_volume(maps["t2"], tmp_path / "t2map.nrrd")}, VALUES, "flair: fluid is bright"),
+        "T2 map as a bright-fluid FLAIR": ({**s, "flair": write_volume(maps["t2"], tmp_path / "t2map_b.nrrd")},
+                                           {**VALUES, "flair": BRIGHT_FLUID_FLAIR}, "flair: fluid is bright"),
         "missing file": ({**s, "t2w": tmp_path / "nowhere.nrrd"}, VALUES, "no such file"),
     }
 
@@ -155,3 +158,53 @@ def test_existing_outputs_are_kept_unless_overwrite(series, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and (out / "t2.nrrd").read_text() == "keep me"
     assert not (out / "t1.nrrd").exists()
     assert main(_argv(series, out) + ["--overwrite"]) == 0 and read_volume(out / "t2.nrrd").array.ndim == 3
+
+
+@pytest.mark.parametrize("flair", [BRIGHT_FLUID_FLAIR, {"tr": 11000, "te": 80, "ti": 1800}, {"tr": 4800, "te": 168, "ti": 3360}])
+def test_a_real_flair_at_any_protocol_is_not_taken_for_a_map(series, tmp_path, flair):
+    """Fluid is bright on a FLAIR whose TI is past the CSF null: the check allows what the protocol makes."""
+    maps = series["maps"]
+    tensors = [torch.from_numpy(maps[m].array.astype(np.float32)) for m in ("t1", "t2", "pd")]
+    image = synthesize(*tensors, series_protocols({**VALUES, "flair": flair})["flair"]).numpy()
+    path = write_volume(maps["t1"].with_array(image.astype(np.float32)), tmp_path / "flair.nrrd")
+    assert main(_argv(series, tmp_path / "out", values={**VALUES, "flair": flair},
+                      paths={**series["paths"], "flair": path})) == 0
+
+
+def test_a_sidecar_value_the_command_line_replaces_is_not_read(series, tmp_path):
+    paths = {**series["paths"], "t2w": tmp_path / "t2w.nrrd"}
+    paths["t2w"].write_bytes(series["paths"]["t2w"].read_bytes())
+    (tmp_path / "t2w.json").write_text(json.dumps({"RepetitionTime": 4.5, "EchoTime": [0.012, 0.1]}))  # multi-echo
+    assert main(_argv(series, tmp_path / "out", paths=paths)) == 0
+    assert main(_argv(series, tmp_path / "out2", paths=paths, values={**VALUES, "t2w": {"tr": 4500}})) == 2
+
+
+def test_maps_are_zero_where_a_series_does_not_reach(series, tmp_path, capsys):
+    t2w = read_volume(series["paths"]["t2w"])
+    spacing = np.asarray(t2w.spacing)
+    direction = np.asarray(t2w.direction).reshape(3, 3)
+    origin = np.asarray(t2w.origin) + direction @ (spacing * (0, 0, 2))  # starts 2 slices higher
+    part = Volume(np.ascontiguousarray(t2w.array[2:]), t2w.spacing, tuple(origin), t2w.direction)
+    path = write_volume(part, tmp_path / "part_t2w.nrrd")
+    assert main(_argv(series, tmp_path / "out", paths={**series["paths"], "t2w": path})) == 0
+    assert "lies outside the T2w or FLAIR: the maps are 0 there" in capsys.readouterr().out
+    t1 = read_volume(tmp_path / "out" / "t1.nrrd").array
+    assert np.all(t1[:2] == 0) and np.any(t1[2:] > 0)
+
+
+def test_the_same_head_on_a_flipped_grid_gives_the_same_maps(series, tmp_path):
+    """The model-grid path (resampling there and back) keeps anatomy where it is."""
+    flipped = {}
+    for name, path in series["paths"].items():
+        v = read_volume(path)
+        direction = np.asarray(v.direction).reshape(3, 3) * (-1, 1, 1)  # i axis reversed
+        origin = np.asarray(v.origin) + np.asarray(v.direction).reshape(3, 3) @ (np.asarray(v.spacing) * (v.array.shape[2] - 1, 0, 0))
+        flipped[name] = write_volume(Volume(np.ascontiguousarray(v.array[:, :, ::-1]), v.spacing, tuple(origin),
+                                            tuple(direction.ravel())), tmp_path / f"{name}.nrrd")
+    assert main(_argv(series, tmp_path / "plain")) == 0
+    assert main(_argv(series, tmp_path / "flipped", paths=flipped)) == 0
+    for m in ("t1", "t2", "pd"):
+        a = read_volume(tmp_path / "plain" / f"{m}.nrrd").array
+        b = read_volume(tmp_path / "flipped" / f"{m}.nrrd")
+        assert b.same_grid(read_volume(flipped["t1w"]))
+        assert np.allclose(b.array[:, :, ::-1], a, rtol=1e-4, atol=1e-3 * a.max())

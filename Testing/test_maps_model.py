@@ -174,6 +174,25 @@ def test_the_randomized_tissue_model_moves_each_tissue_as_one_and_keeps_physics(
     assert 0.12 < spread[..., 0].std() < 0.2  # sqrt(0.12^2 + 0.10^2) = 0.156
 
 
+def test_ssim_matches_an_independent_gaussian_window_computation():
+    """Wang et al.'s SSIM with a Gaussian window (sigma 1.5, 11 taps), by scipy filters, on the valid region."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(2)
+    truth = gaussian_filter(rng.uniform(0, 1000, (1, 40, 40)), (0, 2, 2)).astype(np.float32)
+    noisy = (truth + rng.normal(0, 30, truth.shape)).astype(np.float32)
+    peak = float(truth.max())
+    blur = lambda a: gaussian_filter(a.astype(np.float64), (0, 1.5, 1.5), truncate=5 / 1.5)  # noqa: E731
+    mx, my = blur(noisy), blur(truth)
+    vx, vy, cxy = blur(noisy * noisy) - mx ** 2, blur(truth * truth) - my ** 2, blur(noisy * truth) - mx * my
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    ssim_map = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    mask = np.zeros(truth.shape, bool)
+    mask[:, 8:30, 10:35] = True
+    # kernels discretized differently (MONAI vs scipy) differ by ~0.002; sigma 1.0 or 2.0 would move it by ~0.06-0.08
+    assert ssim(noisy, truth, mask) == pytest.approx(float(ssim_map[mask].mean()), abs=5e-3)
+
+
 def test_the_metrics_match_their_definitions():
     rng = np.random.default_rng(0)
     truth = rng.uniform(100, 1000, (4, 20, 20)).astype(np.float32)
@@ -209,11 +228,20 @@ def sample_data(tmp_path_factory):
     return root
 
 
-def test_train_maps_trains_resumes_and_writes_its_card(sample_data, tmp_path):
+def test_train_maps_resumes_writes_its_card_and_guards_its_folder(sample_data, tmp_path):
+    from SyntheticMRILib.training.mapper import _val_batches, train_map_variant
+    from SyntheticMRILib.training.routine import RoutineBank
+
     config = MapTrainConfig(steps=4, batch=2, crop=64, channels=(4, 8), embedding=8, evaluations=2)
     out = tmp_path / "out"
+    out.mkdir()
+    short = MapTrainConfig(**{**config.__dict__, "steps": 2})
+    train_map_variant("film", RoutineBank(sample_data / "train"), _val_batches(sample_data / "val", short), short, out,
+                      torch.device("cpu"), log=lambda _: None)  # a run cut off after 2 steps
+    other = MapTrainConfig(**{**config.__dict__, "seed": 1})
+    with pytest.raises(InputError, match="another recipe"):
+        train_maps_command(sample_data, out, other, ["film"], log=lambda _: None)
     said = []
-    train_maps_command(sample_data, out, MapTrainConfig(**{**config.__dict__, "steps": 2}), ["film"], log=said.append)
     report = train_maps_command(sample_data, out, config, ["film", "no-embedding"], eval_limit=1, log=said.append)
     assert "film: resuming at step 2" in said
     assert report["chosen"] in ("film", "no-embedding") and set(report["tables"]) == {"test", "out-of-range"}
@@ -226,3 +254,5 @@ def test_train_maps_trains_resumes_and_writes_its_card(sample_data, tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert report["sha256"] in card and "### out-of-range" in card and (out / "loss.png").stat().st_size > 1000
     assert load_mapper(out / "maps.pt").config["variant"] == report["chosen"]
+    with pytest.raises(InputError, match="finished run"):
+        train_maps_command(sample_data, out, config, ["film"], log=lambda _: None)

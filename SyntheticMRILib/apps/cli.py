@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     train_maps.add_argument("--batch", type=int, default=MapTrainConfig.batch, help="2-D crops per step")
     train_maps.add_argument("--seed", type=int, default=MapTrainConfig.seed, help="seed of the draws and initial weights")
     train_maps.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
+    train_maps.add_argument("--overwrite", action="store_true", help="replace a finished run in -o (and its checkpoints)")
     _device_argument(train_maps)
 
     web = commands.add_parser("web", help="the app in a browser (trame-slicer): sample or uploaded maps, sliders, "
@@ -445,7 +446,7 @@ def cmd_maps(args: argparse.Namespace) -> None:
     model = load_mapper(args.model, device)
     start = time.perf_counter()
     maps = estimate_maps(series.images, series.protocols, model, device, progress=_progress(args, "maps", "slice"),
-                         log=lambda line: print(f"note: {line}"))
+                         log=lambda line: print(f"note: {line}"), coverage=series.coverage)
     seconds = time.perf_counter() - start
     for volume, path in zip(maps, outputs):
         write_volume(volume, path, overwrite=args.overwrite)
@@ -460,7 +461,7 @@ def cmd_train_maps(args: argparse.Namespace) -> None:
     unknown = [v for v in variants if v not in MAP_VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(MAP_VARIANTS)}")
-    train_maps_command(args.data, args.output, config, variants, pick_device(args.device), args.eval_limit)
+    train_maps_command(args.data, args.output, config, variants, pick_device(args.device), args.eval_limit, args.overwrite)
 
 
 def cmd_web(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -28,7 +28,8 @@ __all__ = ["RoutineSeries", "head_mask", "sidecar_path", "read_sidecar", "load_s
 SIDECAR_KEYS = {"tr": "RepetitionTime", "te": "EchoTime", "ti": "InversionTime"}  # BIDS, seconds
 _MIN_OVERLAP = 0.5  # share of the T1w's extent (per axis) another series must cover
 _FLUID_SHARE = 0.03  # the brightest share of the T2w's head voxels: fluid (CSF, vitreous)
-_FLUID_BRIGHT = 1.3  # fluid this much above the head's mean on a T1w or FLAIR: not that contrast
+_FLUID_BRIGHT = 1.3  # fluid this much above the head's mean on a T1w or FLAIR: not that contrast ...
+_FLUID_MARGIN = 1.5  # ... unless the protocol itself makes fluid bright, up to this factor over CSF / white matter
 _HEAD_FRACTION = 0.1  # a voxel is in the head when some series exceeds this share of its 99th percentile
 
 
@@ -39,6 +40,7 @@ class RoutineSeries:
     images: Tuple[Volume, Volume, Volume]
     protocols: Dict[str, Protocol]
     notes: Tuple[str, ...] = ()
+    coverage: Optional[np.ndarray] = None  # where every series has data (None: everywhere)
 
     def stack(self) -> np.ndarray:
         return np.stack([v.array for v in self.images])
@@ -54,8 +56,9 @@ def sidecar_path(image: PathLike) -> Path:
     return image.with_suffix(".json")
 
 
-def read_sidecar(path: PathLike, series: str) -> Dict[str, float]:
-    """TR/TE/TI (ms) of a BIDS sidecar; those it lacks are left out."""
+def read_sidecar(path: PathLike, series: str, skip: Iterable[str] = ()) -> Dict[str, float]:
+    """TR/TE/TI (ms) of a BIDS sidecar; those it lacks, and those in ``skip`` (given on the command line, which
+    wins), are left out."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -63,7 +66,7 @@ def read_sidecar(path: PathLike, series: str) -> Dict[str, float]:
         raise InputError(f"{path}: not a readable JSON sidecar ({type(error).__name__})") from None
     out = {}
     for name, key in SIDECAR_KEYS.items():
-        if key not in data or name not in RANGES_MS[series]:
+        if key not in data or name not in RANGES_MS[series] or name in skip:
             continue
         value = data[key]
         if isinstance(value, list):  # multi-echo sidecars list echo times; these series have one
@@ -87,14 +90,16 @@ def _check_image(volume: Volume, path: Path, series: str) -> None:
         raise InputError(f"{series} {path}: no signal (every voxel <= 0)")
 
 
-def _onto(volume: Volume, grid: Volume, series: str) -> Volume:
+def _onto(volume: Volume, grid: Volume, series: str) -> Tuple[Volume, np.ndarray]:
+    """``volume`` resampled onto ``grid``, and where on ``grid`` it has data."""
     low, high = physical_extent(grid)
     other_low, other_high = physical_extent(volume)
     covered = (np.minimum(high, other_high) - np.maximum(low, other_low)) / (high - low)
     if np.any(covered < _MIN_OVERLAP):
         raise InputError(f"{series} does not overlap the T1w (covers {100 * max(0.0, float(covered.min())):.0f} % of its "
                          "extent along one axis); the series must be co-registered scans of one head")
-    return grid.with_array(resample(volume.with_array(np.asarray(volume.array, np.float32)), grid))
+    inside = resample(volume.with_array(np.ones(volume.array.shape, np.float32)), grid) > 0.5
+    return grid.with_array(resample(volume.with_array(np.asarray(volume.array, np.float32)), grid)), inside
 
 
 def head_mask(images: np.ndarray) -> np.ndarray:
@@ -105,18 +110,35 @@ def head_mask(images: np.ndarray) -> np.ndarray:
     return np.any(images > (_HEAD_FRACTION * tops).reshape((-1,) + (1,) * (images.ndim - 1)), axis=0)
 
 
-def _check_contrast(images: np.ndarray) -> None:
-    """Fluid (the T2w's brightest head voxels) must be dark on the T1w and the FLAIR; on a T1 or T2 map it is
-    the brightest tissue."""
+def _fluid_ratio(protocol: Protocol) -> float:
+    """CSF over white matter at ``protocol`` (the larger at 1.5 and 3 T): how bright fluid may be on that series."""
+    import torch
+
+    from ..physics.synthesis import synthesize
+    from ..physics.tissues import FIELD_STRENGTHS, relaxation
+
+    ratios = []
+    for field in FIELD_STRENGTHS:
+        rows = [relaxation(tissue, field) for tissue in ("csf", "cerebral_wm")]
+        csf, wm = (float(synthesize(*(torch.tensor([float(v)], dtype=torch.float64) for v in (r.t1, r.t2, r.pd)),
+                                    protocol)) for r in rows)
+        ratios.append(csf / wm)
+    return max(ratios)
+
+
+def _check_contrast(images: np.ndarray, protocols: Mapping[str, Protocol]) -> None:
+    """Fluid (the T2w's brightest head voxels) must be no brighter on the T1w and the FLAIR than their protocols
+    let it be (a FLAIR at a long TE and a TI past the null shows fluid at ~2x white matter); on a T1 or T2 map it
+    is the brightest tissue by far."""
     head = head_mask(images)
     t2w = images[1][head]
     fluid = t2w >= np.quantile(t2w, 1 - _FLUID_SHARE)
     for n, (name, what) in ((0, ("t1w", "T1-weighted")), (2, ("flair", "FLAIR"))):
         values = images[n][head]
         ratio = float(values[fluid].mean() / max(values.mean(), 1e-12))
-        if ratio > _FLUID_BRIGHT:
-            raise InputError(f"{name}: fluid is bright ({ratio:.1f}x the head's mean where the T2w is brightest); a "
-                             f"{what} series shows it dark: is this a T1 or T2 map, or another contrast?")
+        if ratio > max(_FLUID_BRIGHT, _FLUID_MARGIN * _fluid_ratio(protocols[name])):
+            raise InputError(f"{name}: fluid is bright ({ratio:.1f}x the head's mean where the T2w is brightest), more "
+                             f"than a {what} series at its TR/TE/TI shows it: is this a T1 or T2 map, or another contrast?")
 
 
 def load_series(paths: Mapping[str, PathLike], values: Mapping[str, Mapping[str, Optional[float]]],
@@ -131,22 +153,29 @@ def load_series(paths: Mapping[str, PathLike], values: Mapping[str, Mapping[str,
         sidecar = Path(sidecars[series]) if sidecars.get(series) else sidecar_path(path)
         if sidecars.get(series) and not sidecar.is_file():
             raise InputError(f"{series}: {sidecar}: no such sidecar")
-        from_file = read_sidecar(sidecar, series) if sidecar.is_file() else {}
+        from_file = read_sidecar(sidecar, series, skip=given) if sidecar.is_file() else {}
         merged[series] = {**from_file, **given}
-        if from_file and set(from_file) - set(given):
-            notes.append(f"{series}: {', '.join(k.upper() for k in sorted(set(from_file) - set(given)))} from {sidecar.name}")
+        if from_file:
+            notes.append(f"{series}: {', '.join(k.upper() for k in sorted(from_file))} from {sidecar.name}")
         volume = read_volume(path)
         _check_image(volume, path, series)
         volumes.append((volume, path))
     protocols = series_protocols(merged)  # every parameter check before any resampling
     grid = volumes[0][0]
     images = [grid.with_array(np.asarray(grid.array, np.float32))]
+    coverage = np.ones(grid.array.shape, bool)
     for series, (volume, _) in zip(SERIES[1:], volumes[1:]):
         if volume.same_grid(grid):
             images.append(volume.with_array(np.asarray(volume.array, np.float32)))
-        else:
-            images.append(_onto(volume, grid, series))
-            notes.append(f"{series} resampled onto the T1w grid (assumed co-registered)")
+            continue
+        image, inside = _onto(volume, grid, series)
+        images.append(image)
+        coverage &= inside
+        notes.append(f"{series} resampled onto the T1w grid (assumed co-registered)")
     stacked = np.clip(np.stack([v.array for v in images]), 0, None)  # magnitude: interpolation may dip below 0
-    _check_contrast(stacked)
-    return RoutineSeries(tuple(grid.with_array(a) for a in stacked), protocols, tuple(notes))  # type: ignore[arg-type]
+    _check_contrast(stacked, protocols)
+    lost = float(np.mean(~coverage[head_mask(stacked)]))
+    if lost > 0:
+        notes.append(f"{100 * lost:.1f} % of the T1w's head lies outside the T2w or FLAIR: the maps are 0 there")
+    return RoutineSeries(tuple(grid.with_array(a) for a in stacked), protocols, tuple(notes),  # type: ignore[arg-type]
+                         None if coverage.all() else coverage)

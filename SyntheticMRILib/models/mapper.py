@@ -174,9 +174,11 @@ def predict_maps(model: MapNet, images: np.ndarray, protocols: Mapping[str, Prot
 
 def estimate_maps(images: Sequence[Volume], protocols: Mapping[str, Protocol], model: Optional[MapNet] = None,
                   device: torch.device = torch.device("cpu"), progress: Optional[Callable[[int, int], None]] = None,
-                  log: Callable[[str], None] = lambda _: None) -> Tuple[Volume, Volume, Volume]:
+                  log: Callable[[str], None] = lambda _: None,
+                  coverage: Optional[np.ndarray] = None) -> Tuple[Volume, Volume, Volume]:
     """T1, T2 (ms) and PD (fraction) on the grid of ``images[0]`` (the T1w) from the three series, which must
-    already share that grid (:func:`~SyntheticMRILib.io.series.load_series` resamples them)."""
+    already share that grid (:func:`~SyntheticMRILib.io.series.load_series` resamples them); 0 where
+    ``coverage`` (``RoutineSeries.coverage``) says a series has no data."""
     model = model if model is not None else load_mapper(device=device)
     grid = images[0]
     reference = model_grid(grid)
@@ -194,6 +196,8 @@ def estimate_maps(images: Sequence[Volume], protocols: Mapping[str, Protocol], m
     if reference is not None:
         target = grid.with_array(np.zeros(grid.array.shape, np.float32))
         maps = tuple(resample(reference.with_array(m), target) for m in maps)
+    if coverage is not None:
+        maps = tuple(np.where(coverage, m, 0) for m in maps)
     return tuple(grid.with_array(np.ascontiguousarray(m, dtype=np.float32)) for m in maps)  # type: ignore[return-value]
 
 

@@ -9,6 +9,7 @@ value up to 20 % beyond an end). A T1w's TI and a T2w's TI do not exist, so the 
 from __future__ import annotations
 
 import math
+import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import InputError
@@ -43,8 +44,8 @@ def series_protocols(values: Mapping[str, Mapping[str, float]]) -> Dict[str, Pro
             raise InputError(f"{name}: a {SEQUENCE_OF[name].upper()} series takes no {', '.join(p.upper() for p in extra)}")
         try:
             protocols[name] = Protocol(SEQUENCE_OF[name], **{p: float(v) for p, v in given.items()}).validate()
-        except InputError as error:
-            raise InputError(f"{name}: {error}") from None
+        except InputError as error:  # the advice names this command's flags: --t1w-tr, not --tr
+            raise InputError(f"{name}: " + re.sub(r"--(tr|te|ti)\b", rf"--{name}-\1", str(error))) from None
     return protocols
 
 

@@ -87,6 +87,18 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
     return loss, parts
 
 
+def _check_resumable(saved: Dict[str, Any], config: MapTrainConfig, step: int, checkpoint: Path) -> None:
+    """A checkpoint continues only the run it belongs to: the same recipe, at most a longer one."""
+    now = asdict(config)
+    changed = [k for k in now if k not in ("steps", "evaluations") and saved.get(k) != now[k]
+               and not (isinstance(now[k], tuple) and list(now[k]) == saved.get(k))]
+    if changed:
+        raise InputError(f"{checkpoint} was trained with another recipe ({', '.join(f'{k} {saved.get(k)}' for k in changed)});"
+                         " choose another -o or pass --overwrite to start over")
+    if config.steps < step:
+        raise InputError(f"{checkpoint} is at step {step}, past --steps {config.steps}; choose another -o or --overwrite")
+
+
 def learning_rate(step: int, config: MapTrainConfig) -> float:
     """Linear warm-up over the first 5 % of the steps, then a cosine decay to 1 % of ``config.lr``."""
     warmup = max(1, config.steps // 20)
@@ -115,6 +127,7 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
     state = {"step": 0, "curve": [], "val": [], "best": math.inf}
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        _check_resumable(saved.get("config", {}), config, saved["state"]["step"], checkpoint)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
@@ -147,8 +160,8 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
             if value < state["best"]:
                 state["best"] = value
                 save_mapper(model, out / f"{name}.pt", {"variant": name, "step": state["step"], "val_loss": value})
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "state": state}, checkpoint)
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                        "config": asdict(config)}, checkpoint)
             log(f"{name}: step {state['step']} val map loss {value:.4f}")
             rng = np.random.default_rng([config.seed, state["step"]])  # resumable: draws depend on the step only
     bar.close()
@@ -275,10 +288,16 @@ def _loss_figure(curves: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 
 def train_maps_command(data: Path, out: Path, config: MapTrainConfig, variants: Optional[List[str]] = None,
-                       device: torch.device = torch.device("cpu"), eval_limit: int = 3,
+                       device: torch.device = torch.device("cpu"), eval_limit: int = 3, overwrite: bool = False,
                        log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train every variant, pick the product model on ``val``, evaluate all methods; write the report and card."""
+    """Train every variant, pick the product model on ``val``, evaluate all methods; write the report and card.
+    A folder with a finished report is refused unless ``overwrite``, which also drops its checkpoints."""
     variants = list(variants or MAP_VARIANTS)
+    if (out / "report.json").exists() and not overwrite:
+        raise InputError(f"{out} holds a finished run (report.json); pass --overwrite to replace it, or choose another -o")
+    if overwrite:
+        for stale in out.glob("*.ckpt"):
+            stale.unlink()
     for name in ("train", "val", "test"):
         if not has_manifest(data / name):
             raise InputError(f"{data / name}: missing (train-maps needs train, val and test folders from syntheticmri phantom)")
