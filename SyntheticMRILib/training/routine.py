@@ -6,7 +6,8 @@ maps whose tissue values are randomized.
   mapping method shifts all of them together), and by smooth spatial fields (B1/B0 errors of a mapping
   method). Spreads: T1 and T2 differ by 10-30 % between mapping methods of one brain (SyMRI/MAGiC, MRF, IR
   and VFA fits) and T1 of brain by ~20-30 % between 1.5 T and 3 T (tissue table, Rooney et al. MRM 2007);
-  sd 0.12 per tissue and 0.10 shared, clipped at 2.5 sd, covers both. PD varies less (sd 0.04 / 0.03).
+  sd 0.12 per tissue and 0.10 shared, clipped at 2.5 sd, spans both, a field change
+  only in its tail (the model card's `external` T1 shows what that costs). PD varies less (sd 0.04 / 0.03).
 * :func:`acquire`: the three series of a protocol draw as a scanner gives them: a lower acquired resolution,
   a smooth coil bias, Rician noise at SNR 20-100 (mean head signal over noise sigma) and an arbitrary
   receiver gain per series.
