@@ -126,11 +126,10 @@ def _fluid_ratio(protocol: Protocol) -> float:
     return max(ratios)
 
 
-def _check_contrast(images: np.ndarray, protocols: Mapping[str, Protocol]) -> None:
+def _check_contrast(images: np.ndarray, head: np.ndarray, protocols: Mapping[str, Protocol]) -> None:
     """Fluid (the T2w's brightest head voxels) must be no brighter on the T1w and the FLAIR than their protocols
     let it be (a FLAIR at a long TE and a TI past the null shows fluid at ~2x white matter); on a T1 or T2 map it
-    is the brightest tissue by far."""
-    head = head_mask(images)
+    is the brightest tissue by far. ``head``: :func:`head_mask` of ``images``."""
     t2w = images[1][head]
     fluid = t2w >= np.quantile(t2w, 1 - _FLUID_SHARE)
     for n, (name, what) in ((0, ("t1w", "T1-weighted")), (2, ("flair", "FLAIR"))):
@@ -173,8 +172,9 @@ def load_series(paths: Mapping[str, PathLike], values: Mapping[str, Mapping[str,
         coverage &= inside
         notes.append(f"{series} resampled onto the T1w grid (assumed co-registered)")
     stacked = np.clip(np.stack([v.array for v in images]), 0, None)  # magnitude: interpolation may dip below 0
-    _check_contrast(stacked, protocols)
-    lost = float(np.mean(~coverage[head_mask(stacked)]))
+    head = head_mask(stacked)
+    _check_contrast(stacked, head, protocols)
+    lost = float(np.mean(~coverage[head]))
     if lost > 0:
         notes.append(f"{100 * lost:.1f} % of the T1w's head lies outside the T2w or FLAIR: the maps are 0 there")
     return RoutineSeries(tuple(grid.with_array(a) for a in stacked), protocols, tuple(notes),  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from ..physics.protocols import Protocol
 from ..physics.routine import PARAMETER_NAMES, SERIES, parameter_vector
 from ..resources import resource_path
 
-__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "outputs_to_maps", "predict_maps", "estimate_maps",
+__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "relaxation_from_outputs", "outputs_to_maps", "predict_maps", "estimate_maps",
            "save_mapper", "load_mapper", "default_mapper_path"]
 
 MAP_SCALE_MS = (1000.0, 100.0)  # the network predicts log(T1 / 1000 ms) and log(T2 / 100 ms): both of order 1
@@ -111,14 +111,18 @@ class MapNet(nn.Module):
         return self.head(x)
 
 
-def outputs_to_maps(out: torch.Tensor, threshold: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """T1, T2 (ms; T2 <= T1) and PD from the network's four channels; 0 outside the predicted head."""
-    head = torch.sigmoid(out[:, 3]) > threshold
+def relaxation_from_outputs(out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """T1, T2 (ms; T2 <= T1) and PD from the network's first three channels, everywhere (differentiable: the
+    training loss's physics term uses them)."""
     t1 = MAP_SCALE_MS[0] * torch.exp(out[:, 0].clamp(-5, 3))
     t2 = torch.minimum(MAP_SCALE_MS[1] * torch.exp(out[:, 1].clamp(-5, 4)), t1)
-    pd = torch.sigmoid(out[:, 2])
-    zero = torch.zeros_like(t1)
-    return tuple(torch.where(head, m, zero) for m in (t1, t2, pd))  # type: ignore[return-value]
+    return t1, t2, torch.sigmoid(out[:, 2])
+
+
+def outputs_to_maps(out: torch.Tensor, threshold: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`relaxation_from_outputs`, 0 outside the predicted head (the fourth channel)."""
+    head = torch.sigmoid(out[:, 3]) > threshold
+    return tuple(torch.where(head, m, torch.zeros_like(m)) for m in relaxation_from_outputs(out))  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- normalization

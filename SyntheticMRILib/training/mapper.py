@@ -36,7 +36,7 @@ from .map_metrics import brain_mask, map_scores, mean_scores
 from .routine import Acquisition, RandomTissueValues, RoutineBank, acquire
 from ..errors import InputError
 from ..io.volumes import read_volume
-from ..models.mapper import MAP_SCALE_MS, MapNet, load_mapper, predict_maps, save_mapper
+from ..models.mapper import MAP_SCALE_MS, MapNet, load_mapper, predict_maps, relaxation_from_outputs, save_mapper
 from ..models.voxelfit import calibrate_gains, fit_maps
 from ..phantoms.manifest import has_manifest, read_manifest
 from ..physics.routine import SERIES, describe_ranges, draw_protocols
@@ -65,14 +65,12 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
     count = weight.sum().clamp(min=1)
     log1 = torch.log(t1.clamp(min=1) / MAP_SCALE_MS[0])
     log2 = torch.log(t2.clamp(min=1) / MAP_SCALE_MS[1])
-    pd_pred = torch.sigmoid(out[:, 2])
+    p1, p2, pd_pred = relaxation_from_outputs(out)
     maps_term = (((out[:, 0] - log1).abs() + (out[:, 1] - log2).abs() + 3 * (pd_pred - pd).abs()) * weight).sum() / count
     mask_term = F.binary_cross_entropy_with_logits(out[:, 3], weight)
     parts = {"maps": maps_term.item(), "mask": mask_term.item()}
     loss = maps_term + 0.2 * mask_term
     if physics_weight > 0:
-        p1 = MAP_SCALE_MS[0] * torch.exp(out[:, 0].clamp(-5, 3))
-        p2 = torch.minimum(MAP_SCALE_MS[1] * torch.exp(out[:, 1].clamp(-5, 4)), p1)
         terms = []
         for b, protocol in enumerate(protocols):
             for n, name in enumerate(SERIES):
@@ -108,7 +106,7 @@ def learning_rate(step: int, config: MapTrainConfig) -> float:
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _validation_loss(model: MapNet, batches: List[Dict[str, Any]], config: MapTrainConfig) -> float:
+def _validation_loss(model: MapNet, batches: List[Dict[str, Any]]) -> float:
     model.eval()
     with torch.no_grad():
         values = [map_loss(model(b["inputs"], b["parameters"]), b["targets"], b["inputs"], b["protocols"],
@@ -155,7 +153,7 @@ def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, 
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if state["step"] % every == 0 or state["step"] == config.steps:
             value = _validation_loss(model, [{**b, **{k: b[k].to(device) for k in ("inputs", "parameters", "targets")}}
-                                             for b in val_batches[model.context]], config)
+                                             for b in val_batches[model.context]])
             state["val"].append([state["step"], value])
             if value < state["best"]:
                 state["best"] = value
