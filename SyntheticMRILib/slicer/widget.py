@@ -18,7 +18,7 @@ What real Slicer does, and why the code below is as it is (read in Slicer 5.8.1 
   dropped, so the sliders always end with the bounds of the final values.
 """
 import logging
-from typing import Annotated, Dict, List, Optional, Tuple
+from typing import Annotated, Callable, Dict, List, Optional, Tuple
 
 import qt
 import slicer
@@ -412,33 +412,41 @@ class SyntheticMRIWidget(VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not write the maps for the segmenter."), waitCursor=True):
             folder, argv = self.logic.mapsJob(command, p.t1Volume, p.t2Volume, p.pdVolume, p.units, p.device)
         describe = lambda done, total, what: _("{what}: {done} of {total}").format(what=what, done=done, total=total)
-        self._mapsJob = ChildJob(argv, self.ui.segmentationProgressBar, self.ui.segmentationStatusLabel,
-                                 lambda *result: self._onMapsJobFinished(command, folder, *result), describe)
+        self._startMapsJob(folder, argv, self.ui.segmentationProgressBar, self.ui.segmentationStatusLabel, describe,
+                           lambda messages: self._loadMapsJobResults(command, folder), _("Could not load the results."))
+
+    def _startMapsJob(self, folder: str, argv: List[str], progressBar, label, describe,
+                      load: Callable[[List[str]], str], loadError: str) -> None:
+        """Run a maps job (one at a time) in a PythonSlicer child; when it ends, ``load(messages)`` brings its results
+        into the scene and gives the status text, and its folder is removed whatever happened."""
+        self._mapsJob = ChildJob(argv, progressBar, label,
+                                 lambda *result: self._onMapsJobFinished(folder, label, load, loadError, *result), describe)
         self._updateMapsJobButtons()
         self._mapsJob.start()
 
-    def _onMapsJobFinished(self, command: str, folder: str, ok: bool, cancelled: bool, error: str, messages: List[str]) -> None:
+    def _onMapsJobFinished(self, folder: str, label, load: Callable[[List[str]], str], loadError: str, ok: bool,
+                           cancelled: bool, error: str, messages: List[str]) -> None:
         self._mapsJob = None
         self._updateMapsJobButtons()
-        label = self.ui.segmentationStatusLabel
         try:
             if not ok:
                 label.text = _("Cancelled.") if cancelled else _("Failed: {error}").format(error=error)
                 return
-            with slicer.util.tryWithErrorDisplay(_("Could not load the results."), waitCursor=True):
-                reference = self._parameterNode.t1Volume
-                if command == "segment":
-                    segmentation, table = self.logic.loadSegmentation(folder, reference)
-                    self.ui.volumesTableView.setMRMLTableNode(table)
-                    total = sum(float(table.GetCellText(row, 2)) for row in range(table.GetNumberOfRows()))
-                    label.text = _("{count} structures, {total:.1f} ml in all.").format(
-                        count=segmentation.GetSegmentation().GetNumberOfSegments(), total=total)
-                else:
-                    nodes = self.logic.loadLearnedContrasts(folder)
-                    label.text = "\n".join(node.GetName() + ": " + node.GetAttribute(PROTOCOL_ATTRIBUTE) for node in nodes)
-                    slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+            with slicer.util.tryWithErrorDisplay(loadError, waitCursor=True):
+                label.text = load(messages)
         finally:
             self.logic.removeJobFolder(folder)
+
+    def _loadMapsJobResults(self, command: str, folder: str) -> str:
+        if command == "segment":
+            segmentation, table = self.logic.loadSegmentation(folder, self._parameterNode.t1Volume)
+            self.ui.volumesTableView.setMRMLTableNode(table)
+            total = sum(float(table.GetCellText(row, 2)) for row in range(table.GetNumberOfRows()))
+            return _("{count} structures, {total:.1f} ml in all.").format(
+                count=segmentation.GetSegmentation().GetNumberOfSegments(), total=total)
+        nodes = self.logic.loadLearnedContrasts(folder)
+        slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+        return "\n".join(node.GetName() + ": " + node.GetAttribute(PROTOCOL_ATTRIBUTE) for node in nodes)
 
     # ------------------------------------------------------------------ maps from routine scans, out of process
     def onSeriesChanged(self, series: str, node) -> None:
@@ -469,27 +477,16 @@ class SyntheticMRIWidget(VTKObservationMixin):
             folder, argv = self.logic.routineMapsJob(*nodes, values, device=self.logic.getParameterNode().device)
         describe = lambda done, total, what: _("Estimating the maps: slice {done} of {total}").format(
             done=done, total=total)
-        self._mapsJob = ChildJob(argv, self.ui.routineProgressBar, self.ui.routineStatusLabel,
-                                 lambda *result: self._onRoutineMapsFinished(folder, *result), describe)
-        self._updateMapsJobButtons()
-        self._mapsJob.start()
+        self._startMapsJob(folder, argv, self.ui.routineProgressBar, self.ui.routineStatusLabel, describe,
+                           lambda messages: self._loadEstimatedMaps(folder, messages),
+                           _("Could not load the estimated maps."))
 
-    def _onRoutineMapsFinished(self, folder: str, ok: bool, cancelled: bool, error: str, messages: List[str]) -> None:
-        self._mapsJob = None
-        self._updateMapsJobButtons()
-        label = self.ui.routineStatusLabel
-        try:
-            if not ok:
-                label.text = _("Cancelled.") if cancelled else _("Failed: {error}").format(error=error)
-                return
-            with slicer.util.tryWithErrorDisplay(_("Could not load the estimated maps."), waitCursor=True):
-                t1, t2, pd = self.logic.loadEstimatedMaps(folder)
-                p = self.logic.getParameterNode()  # the module's, even if it was left while the job ran
-                with slicer.util.NodeModify(p):
-                    p.t1Volume, p.t2Volume, p.pdVolume, p.units = t1, t2, pd, "ms"
-                slicer.util.setSliceViewerLayers(background=t1, fit=True)
-                # e.g. a TR outside the training ranges: the maps may be less accurate, and the user should know
-                warnings = [line for line in messages if line.startswith("warning:")]
-                label.text = "\n".join([_("Estimated T1, T2 (ms) and PD: they are the input maps now.")] + warnings)
-        finally:
-            self.logic.removeJobFolder(folder)
+    def _loadEstimatedMaps(self, folder: str, messages: List[str]) -> str:
+        t1, t2, pd = self.logic.loadEstimatedMaps(folder)
+        p = self.logic.getParameterNode()  # the module's, even if it was left while the job ran
+        with slicer.util.NodeModify(p):
+            p.t1Volume, p.t2Volume, p.pdVolume, p.units = t1, t2, pd, "ms"
+        slicer.util.setSliceViewerLayers(background=t1, fit=True)
+        # e.g. a TR outside the training ranges: the maps may be less accurate, and the user should know
+        warnings = [line for line in messages if line.startswith("warning:")]
+        return "\n".join([_("Estimated T1, T2 (ms) and PD: they are the input maps now.")] + warnings)
