@@ -135,6 +135,7 @@ def _bad(series, tmp_path):
         "T2 map as a bright-fluid FLAIR": ({**s, "flair": write_volume(maps["t2"], tmp_path / "t2map_b.nrrd")},
                                            {**VALUES, "flair": BRIGHT_FLUID_FLAIR}, "flair: fluid is bright"),
         "missing file": ({**s, "t2w": tmp_path / "nowhere.nrrd"}, VALUES, "no such file"),
+        "T1w and FLAIR swapped": ({**s, "t1w": s["flair"], "flair": s["t1w"]}, VALUES, "t1w and flair look swapped"),
     }
 
 
