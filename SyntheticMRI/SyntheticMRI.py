@@ -33,6 +33,8 @@ class SyntheticMRI(ScriptedLoadableModule):
             "SyMRI/MAGiC/QRAPMASTER or MR fingerprinting. Pick a preset or set TR, TE, TI and the flip angle; the "
             "slices in view follow the sliders while they move and the whole volume is computed on release. The result "
             "lies exactly on the grid of the T1 map. With no T2* map, the gradient echo uses T2 in place of T2*. "
+            "'Re-parameterize a scan' shows a spin-echo or IR scan at other TR/TE/TI: its maps are predicted once, then "
+            "the target sliders are live. "
             '<a href="https://github.com/SlicerSyntheticMRI/SlicerSyntheticMRI">Documentation</a>.'
         )
         self.parent.acknowledgementText = _(

@@ -11,6 +11,8 @@ module is the one place for the protocol between the two sides:
 * the job folder of a maps job: the maps the GUI writes (:func:`write_job_maps`),
   the results the child writes and the GUI reads (``seg.nrrd`` + ``volumes.csv``,
   ``learned/`` with ``learned.json``); the routine series of a ``maps`` job and the maps it writes (``maps/``);
+  the scan of a ``reparam`` job (``input.nrrd``), the physics engine's maps it keeps (``maps/``) and its result
+  (``result.nrrd``);
 * :func:`run_batch_process` runs a child to the end and blocks (console, tests);
   the Slicer module runs the same argv with ``qt.QProcess``
   (:mod:`SyntheticMRILib.slicer.process`).
@@ -45,7 +47,7 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = [
     "CHILD_MODULE", "CANCELLED", "progress_line", "parse_progress", "batch_command", "child_command", "maps_job",
-    "routine_maps_job",
+    "routine_maps_job", "reparam_job", "REPARAM_ENGINES",
     "slicer_python", "child_environment", "LineBuffer", "error_line", "remove_partial_files", "run_batch_process",
     "write_job_maps", "write_structure_volumes", "read_structure_volumes", "write_learned_index", "read_learned_index",
 ]
@@ -55,6 +57,10 @@ CANCELLED = 130  # exit status of a child stopped through its stdin (as after Ct
 _PROGRESS = re.compile(r"progress (\d+)/(\d+)(?: (.*))?")
 SEGMENTATION_FILE, VOLUMES_FILE, LEARNED_FOLDER, LEARNED_INDEX = "seg.nrrd", "volumes.csv", "learned", "learned.json"
 ESTIMATED_MAPS_FOLDER = "maps"  # what a routine_maps_job child writes: t1.nrrd, t2.nrrd (ms), pd.nrrd
+# A reparam_job: the scan the GUI writes (REPARAM_INPUT.nrrd), the physics engine's maps and scan.json the child
+# keeps (SCAN_MAPS_FOLDER), the re-parameterized scan it writes (REPARAM_RESULT).
+REPARAM_INPUT, SCAN_MAPS_FOLDER, REPARAM_RESULT = "input", "maps", "result.nrrd"
+REPARAM_ENGINES = ("physics", "direct")  # models.reparam.ENGINES, without importing torch (the GUI lists them)
 
 
 # --------------------------------------------------------------------------- progress lines
@@ -170,6 +176,29 @@ def routine_maps_job(python: str, folder: PathLike, values: Mapping[str, Mapping
                  for arg in (f"--{series}-{name}", repr(float(given[name])))]
     argv += ["-o", str(folder / ESTIMATED_MAPS_FOLDER), "--device", device, "--progress", "lines"]
     return child_command(python, "maps", *argv, *(["--model", str(model)] if model is not None else []))
+
+
+def reparam_job(python: str, folder: PathLike, protocol: Protocol, device: str = "auto",
+                model: Optional[PathLike] = None, engine: str = "physics", target: Optional[Protocol] = None) -> List[str]:
+    """The argv of a ``reparam`` child on ``folder``/input.nrrd acquired at ``protocol`` (SE or IR, ms), writing
+    ``folder``/result.nrrd at ``target``; the physics engine also keeps its maps in ``folder``/maps/ (any target is
+    then the physics layer alone), and its ``target`` defaults to ``protocol`` (the maps are the point); the direct
+    engine needs one. ``model`` None: the shipped one. Progress comes as lines."""
+    if engine not in REPARAM_ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose {' or '.join(REPARAM_ENGINES)}")
+    if target is None:
+        if engine != "physics":
+            raise InputError("the direct engine needs a target protocol")
+        target = protocol
+    folder = Path(folder)
+    argv = ["--input", str(folder / f"{REPARAM_INPUT}.nrrd"), "--sequence", protocol.sequence]
+    argv += [arg for name, value in protocol.values().items() for arg in (f"--{name}", repr(float(value)))]
+    argv += ["--to-sequence", target.sequence]
+    argv += [arg for name, value in target.values().items() for arg in (f"--to-{name}", repr(float(value)))]
+    argv += ["--engine", engine, "-o", str(folder / REPARAM_RESULT), "--device", device, "--progress", "lines"]
+    if engine == "physics":
+        argv += ["--keep-maps", str(folder / SCAN_MAPS_FOLDER)]
+    return child_command(python, "reparam", *argv, *(["--model", str(model)] if model is not None else []))
 
 
 def slicer_python(executable: Optional[str] = None) -> str:

@@ -373,7 +373,8 @@ def install_gui_stubs(monkeypatch, tmp_path: Path):
     }
     for name, stub in stubs.items():
         monkeypatch.setitem(sys.modules, name, stub)
-    for name in ("SyntheticMRILib.slicer.widget", "SyntheticMRILib.slicer.process"):  # imported afresh over the stubs
+    for name in ("SyntheticMRILib.slicer.widget", "SyntheticMRILib.slicer.reparam_section",
+                 "SyntheticMRILib.slicer.process"):  # imported afresh over the stubs
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", bridge.create_scene(), raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path), testingEnabled=lambda: True),

@@ -108,13 +108,13 @@ def png_size(path: Path) -> tuple:
 
 
 # --------------------------------------------------------------------------- the .ui file
-def test_ui_is_a_qmrmlwidget_with_the_seven_sections():
+def test_ui_is_a_qmrmlwidget_with_the_eight_sections():
     assert UI_ROOT.tag == "ui"
     top = UI_ROOT.find("widget")
     assert top.get("class") == "qMRMLWidget" and top.get("name") == UI_ROOT.findtext("class")
     sections = [ui_property(w, "text") for w in UI_ROOT.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Inputs", "Contrast", "Output", "Maps from routine scans", "Subcortical segmentation", "Batch",
-                        "Advanced"]
+    assert sections == ["Inputs", "Contrast", "Output", "Maps from routine scans", "Re-parameterize a scan",
+                        "Subcortical segmentation", "Batch", "Advanced"]
 
 
 def test_ui_object_names_are_unique_and_custom_widgets_declared():
@@ -136,21 +136,24 @@ def test_ui_node_selectors_get_the_scene_and_take_scalar_volumes():
     }
     selectors = [w for w in ui_widgets().values() if w.get("class") == "qMRMLNodeComboBox"]
     assert {w.get("name") for w in selectors} == {"t1Selector", "t2Selector", "pdSelector", "outputSelector",
-                                                          "t1wSelector", "t2wSelector", "flairSelector"}
+                                                  "t1wSelector", "t2wSelector", "flairSelector", "reparamInputSelector",
+                                                  "reparamOutputSelector"}
     for selector in selectors:
         assert selector.get("name") in connected, f"{selector.get('name')} never receives the scene"
         types_ = [s.text for s in selector.find("property[@name='nodeTypes']").iter("string")]
         assert types_ == ["vtkMRMLScalarVolumeNode"]
         assert ui_property(selector, "showChildNodeTypes") == "false"  # no label maps
-    output = ui_widgets()["outputSelector"]
-    assert ui_property(output, "noneEnabled") == "true" and ui_property(output, "addEnabled") == "true"
-    assert ui_property(output, "noneDisplay") == "Create new volume"
+    for name in ("outputSelector", "reparamOutputSelector"):  # a new volume by default
+        output = ui_widgets()[name]
+        assert ui_property(output, "noneEnabled") == "true" and ui_property(output, "addEnabled") == "true"
+        assert ui_property(output, "noneDisplay") == "Create new volume"
 
 
 def test_ui_sliders_do_not_track():
     """The live preview listens to valueIsChanging, which ctkSliderWidget emits only without tracking."""
     sliders = [w for w in ui_widgets().values() if w.get("class") == "ctkSliderWidget"]
-    assert {w.get("name") for w in sliders} == {"trSlider", "teSlider", "tiSlider", "ti2Slider", "flipSlider"}
+    synthesis, target = {f"{n}Slider" for n in PARAMETERS}, {f"reparam{n.capitalize()}Slider" for n in PARAMETERS}
+    assert {w.get("name") for w in sliders} == synthesis | target
     for slider in sliders:
         assert ui_property(slider, "tracking") == "false", slider.get("name")
 
@@ -177,10 +180,28 @@ def test_the_ui_sliders_span_the_catalogue_ranges_and_start_at_t2_flair():
     flair = PRESETS["T2-FLAIR"].protocol.values()
     widgets = ui_widgets()
     for name in PARAMETERS:
-        slider = widgets[f"{name}Slider"]
-        assert (float(ui_property(slider, "minimum")), float(ui_property(slider, "maximum"))) == RANGES[name], name
-        if name in flair:
-            assert float(ui_property(slider, "value")) == flair[name], name
+        for slider in (widgets[f"{name}Slider"], widgets[f"reparam{name.capitalize()}Slider"]):  # synthesis, target
+            assert (float(ui_property(slider, "minimum")), float(ui_property(slider, "maximum"))) == RANGES[name], name
+            if name in flair:
+                assert float(ui_property(slider, "value")) == flair[name], name
+
+
+def test_reparam_section_holds_the_scan_its_protocol_target_and_job_controls():
+    widgets = ui_widgets()
+    section = next(w for w in widgets.values()
+                   if w.get("class") == "ctkCollapsibleButton" and ui_property(w, "text") == "Re-parameterize a scan")
+    inside = {w.get("name"): w.get("class") for w in section.iter("widget")}
+    expected = {"reparamInputSelector": "qMRMLNodeComboBox", "reparamSequenceComboBox": "QComboBox",
+                "reparamTrSpinBox": "QDoubleSpinBox", "reparamTeSpinBox": "QDoubleSpinBox",
+                "reparamTiSpinBox": "QDoubleSpinBox", "reparamProtocolLabel": "QLabel",
+                "reparamEngineComboBox": "QComboBox", "reparamTargetComboBox": "QComboBox",
+                "reparamOutputSelector": "qMRMLNodeComboBox", "reparamPredictButton": "QPushButton",
+                "reparamApplyButton": "QPushButton", "reparamCancelButton": "QPushButton",
+                "reparamProgressBar": "QProgressBar", "reparamStatusLabel": "QLabel"}
+    expected.update({f"reparam{name.capitalize()}Slider": "ctkSliderWidget" for name in PARAMETERS})
+    assert {name: inside.get(name) for name in expected} == expected
+    assert ui_property(section, "collapsed") == "true"
+    assert ui_property(widgets["reparamInputSelector"], "addEnabled") == "false"
 
 
 def test_the_ui_binds_nothing_by_name():

@@ -72,6 +72,7 @@ SLOW_OR_NEEDS_DATA = {
     "phantom": "minutes of generation, or a download",
     "train-seg": "needs generated phantom splits and hours",
     "train-maps": "needs generated phantom splits and an hour",
+    "train-reparam": "needs generated phantom splits and an hour",
     "web": "serves until stopped: Testing/test_web_browser.py starts it and drives the page in Chromium",
 }
 
@@ -158,3 +159,27 @@ def test_the_maps_chain_runs_and_its_maps_are_close_to_the_sample(workspace, cap
     assert scores["t1"]["mape"] < 20 and scores["t2"]["mape"] < 20 and scores["pd"]["mape"] < 8, scores
     assert min(scores[m]["ssim"] for m in ("t1", "t2", "pd")) > 0.9, scores
     assert read_volume(workspace / "dir.nrrd").same_grid(read_volume(workspace / "T1w.nrrd"))
+
+
+def test_the_reparam_chain_runs_and_reproduces_a_direct_synthesis(workspace, capsys):
+    """One T2w -> a T1w and DIR, as the README writes it, with the shipped model; the T1w against the same protocol
+    synthesized from the sample's own maps."""
+    from SyntheticMRILib.apps.cli import main
+    from SyntheticMRILib.io.volumes import read_volume
+    from SyntheticMRILib.resources import sample_paths
+    from SyntheticMRILib.training.reparam_eval import image_scores
+
+    block = re.search(r"<!-- reparam-chain[^\n]*\n```bash\n(.*?)^```", README, re.M | re.S).group(1)
+    commands = [line.split("#")[0].split() for line in block.replace("\\\n", " ").splitlines()]
+    assert [c[1] for c in commands] == ["synth", "reparam", "reparam"]
+    for command in commands:
+        assert main(command[1:]) == 0, (" ".join(command), capsys.readouterr().err)
+    assert main(["synth", "--t1", "T1.nrrd", "--t2", "T2.nrrd", "--pd", "PD.nrrd", "--sequence", "se", "--tr", "500",
+                 "--te", "15", "-o", "truth.nrrd"]) == 0
+    head = read_volume(sample_paths()["labels"]).array > 0
+    scores = image_scores(read_volume(workspace / "t1w.nrrd").array, read_volume(workspace / "truth.nrrd").array, head)
+    # measured with the shipped model: MAE 13.0/255, SSIM 0.82 (the issue's bar, 7/255 for SE targets, is not met: card)
+    assert scores["mae"] < 15 and scores["ssim"] > 0.78, scores
+    grid = read_volume(workspace / "T2w.nrrd")
+    for name in ("dir.nrrd", "kept/t1.nrrd"):
+        assert read_volume(workspace / name).same_grid(grid), name

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.io.maps import MAP_NAMES, load_maps
 from SyntheticMRILib.io.volumes import Volume
-from SyntheticMRILib.physics.protocols import PRESETS
+from SyntheticMRILib.physics.protocols import PRESETS, Protocol
 from SyntheticMRILib.slicer import install
-from SyntheticMRILib.slicer.logic import PROTOCOL_ATTRIBUTE, SyntheticMRILogic
+from SyntheticMRILib.slicer.logic import PROTOCOL_ATTRIBUTE, SOURCE_ATTRIBUTE, SyntheticMRILogic
 from conftest import rotation
 from test_slicer_preview import DIRECTIONS, oblique_plane, shown_voxels, slice_to_ras
 
@@ -262,6 +263,211 @@ def test_protocol_values_come_from_a_synthesized_contrast_or_dicom(logic, monkey
     assert logic.protocolValuesFromNode(plain, "flair") == {"tr": 8000.0, "te": 120.0, "ti": 2400.5}
     headers["/dicom/1.2.3"].update({"0018,0080": "", "0018,0082": "n/a"})  # absent, unreadable
     assert logic.protocolValuesFromNode(plain, "flair") == {"te": 120.0}
+
+
+# --------------------------------------------------------------------------- re-parameterize a scan
+T1W = PRESETS["T1w"].protocol
+
+
+def tiny_reparam(path: Path, engine: str = "physics") -> Path:
+    """An untrained re-parameterization model of ``engine``, seeded: for the plumbing, not for accuracy."""
+    import torch
+    from SyntheticMRILib.models.mapper import save_mapper
+    from SyntheticMRILib.models.reparam import DirectNet, physics_network
+
+    torch.manual_seed(0)
+    network = physics_network(channels=(4, 8), embedding=8) if engine == "physics" else \
+        DirectNet({"channels": [4, 8], "mode": "param", "range": 10.0})
+    return save_mapper(network, path)
+
+
+def scan_node(volume: Volume, name: str = "T1w scan"):
+    """A scan as a volume node of slicer.mrmlScene."""
+    from SyntheticMRILib.slicer import bridge
+
+    return bridge.node_from_volume(volume, name)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """The physics engine's maps of a T1w scan (synthesized from an oblique, anisotropic slab of the sample),
+    predicted once by the logic in a real child with a tiny model; also the temporary folder it used."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer-core (real MRML) is not installed")
+    from SyntheticMRILib.slicer import bridge
+
+    temporary = tmp_path_factory.mktemp("temporary")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(slicer, "mrmlScene", bridge.create_scene(), raising=False)
+        patch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(temporary)), raising=False)
+        logic = SyntheticMRILogic()
+        t1w = routine_nodes(logic)[0]
+        model = tiny_reparam(tmp_path_factory.mktemp("model") / "physics.pt")
+        protocol = logic.scanProtocolOfNode(t1w)[0]  # {"sequence": "se", "tr": 500.0, "te": 10.0}: as the console gives it
+        maps = logic.predictScanMaps(t1w, protocol, device="cpu", model=str(model))
+        return maps, bridge.volume_from_node(t1w), temporary
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def test_logic_predicts_a_scans_maps_in_a_child_on_its_grid(predicted):
+    maps, scan, temporary = predicted
+    assert maps.protocol == T1W and maps.gain > 0 and maps.floor > 0
+    assert maps.image.same_grid(scan) and np.array_equal(maps.image.array, scan.array)
+    t1, t2, pd = maps.maps
+    assert all(m.shape == scan.array.shape and m.dtype == np.float32 for m in maps.maps)
+    assert all(np.isfinite(m).all() and (m >= 0).all() and (m > 0).any() for m in maps.maps)
+    assert np.all(t2 <= t1 + 1e-3)  # T2 <= T1, as the network's outputs are built (untrained: no accuracy here)
+    assert not any(temporary.iterdir())  # the job folder is gone
+
+
+def test_logic_reparameterizes_the_whole_scan_on_its_grid_with_the_targets_provenance(logic, predicted):
+    import slicer
+
+    maps, scan, _ = predicted
+    node = scan_node(scan)
+    output = logic.reparameterizeScan(maps, "T2-FLAIR")
+    assert output.GetScene() is slicer.mrmlScene and output.GetName() == "Scan as T2-FLAIR"
+    assert np.array_equal(ijk_to_ras(output), ijk_to_ras(node))  # the scan's grid, exactly
+    flair = PRESETS["T2-FLAIR"].protocol
+    assert np.array_equal(slicer.util.arrayFromVolume(output), maps.render(flair))
+    assert output.GetAttribute(PROTOCOL_ATTRIBUTE) == f"ir {flair.caption()}"
+    assert output.GetAttribute("SyntheticMRI.Preset") == "T2-FLAIR"
+    assert output.GetAttribute(SOURCE_ATTRIBUTE) == "se TR 500 TE 10, physics engine"
+    from SyntheticMRILib.slicer import bridge
+
+    assert SOURCE_ATTRIBUTE == bridge.SOURCE_ATTRIBUTE  # the logic's copy (it does not import the bridge)
+
+    # The input's own protocol gives back the input (into the same node: a Protocol target, no preset left).
+    same = logic.reparameterizeScan(maps, T1W, outputNode=output, name="same")
+    voxels = slicer.util.arrayFromVolume(same)
+    assert same is output and output.GetAttribute("SyntheticMRI.Preset") is None and output.GetName() == "same"
+    assert np.linalg.norm(voxels - scan.array) <= 1e-3 * np.linalg.norm(scan.array)
+    np.testing.assert_allclose(voxels, scan.array, rtol=1e-3, atol=1e-3 * float(scan.array.max()))
+    # A target only the physics layer makes (DIR), as fast as a synthesis: no network runs.
+    assert logic.reparameterizeScan(maps, "DIR", outputNode=output).GetAttribute(PROTOCOL_ATTRIBUTE).startswith("dir ")
+    assert logic.lastDuration < 5.0
+
+
+@pytest.mark.parametrize("view", ["k slice", "i slice", "oblique"])
+def test_logic_previews_a_reparameterized_scan_in_the_visible_slices_only(logic, predicted, view):
+    """Only the voxels of the views change, and they hold ScanMaps.render's values; the rest stays as it was."""
+    import slicer
+    from SyntheticMRILib.slicer import bridge
+    from SyntheticMRILib.slicer.preview import plane_voxels
+
+    maps, scan, _ = predicted
+    output = logic.reparameterizeScan(maps, "T2w")
+    before = slicer.util.arrayFromVolume(output).copy()
+    volume = bridge.volume_from_node(output)
+    plane = {"k slice": slice_to_ras(2, volume, (90, 100, 4)), "i slice": slice_to_ras(0, volume, (60, 100, 4)),
+             "oblique": oblique_plane(volume, tilt=(4, 10), through=(93.3, 110.6, 3.4), normal_axis_ijk=2)}[view]
+    sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+    slicer.util.updateVTKMatrixFromArray(sliceNode.GetSliceToRAS(), plane)
+    target = PRESETS["T1-FLAIR"].protocol
+    assert logic.updateVisibleReparam(maps, "T1-FLAIR", output, sliceNodes=[sliceNode]) == 1
+    after, full = slicer.util.arrayFromVolume(output), maps.render(target)
+    found = plane_voxels(plane, bridge.world_to_ijk(output), after.shape)
+    written = np.zeros(after.shape, bool)
+    np.put_along_axis(written, found.indices, True, found.axis)
+    if view == "k slice":
+        assert written[4].all() and written.sum() == written[4].size
+    elif view == "i slice":
+        assert written[:, :, 60].all() and written.sum() == written[:, :, 60].size
+    else:  # a band around the plane, holding every voxel the view shows
+        shown = tuple(np.array(sorted(shown_voxels(plane, volume))).T)
+        assert written[shown].all() and written.sum() < 0.5 * written.size
+    np.testing.assert_allclose(after[written], full[written], rtol=1e-5, atol=1e-5 * float(full.max()))
+    np.testing.assert_array_equal(after[~written], before[~written])
+    assert not np.allclose(after[written], before[written])  # the preview did change them
+
+    moved = logic.reparameterizeScan(maps, "T2w")  # off the scan's grid: nothing is written
+    moved.SetSpacing(2.0, 2.0, 2.0)
+    was = slicer.util.arrayFromVolume(moved).copy()
+    assert logic.updateVisibleReparam(maps, target, moved, sliceNodes=[sliceNode]) == 0
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(moved), was)
+
+
+def test_the_scans_protocol_comes_from_its_dicom_header_or_its_provenance(logic, monkeypatch):
+    import slicer
+
+    t1w, _, flair = routine_nodes(logic)
+    assert logic.scanProtocolOfNode(flair) == ({"sequence": "ir", **PRESETS["T2-FLAIR"].protocol.values()}, "volume's provenance")
+    assert logic.scanProtocolOfNode(t1w) == ({"sequence": "se", "tr": 500.0, "te": 10.0}, "volume's provenance")
+    assert logic.protocolFromDicom(t1w) == {}  # not loaded from DICOM
+    nodes = _map_nodes(np.eye(3))
+    dir_ = logic.synthesize(nodes["t1"], nodes["t2"], nodes["pd"], "DIR", fused=False)  # not a scan's sequence
+    plain = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")
+    assert logic.scanProtocolOfNode(dir_) == ({}, "") and logic.scanProtocolOfNode(plain) == ({}, "")
+    assert logic.scanProtocolOfNode(None) == ({}, "")
+
+    headers = {"/dicom/1.2.3": {"0018,0080": "9000", "0018,0081": "90\\95", "0018,0082": "2500", "0018,0020": "SE\\IR"}}
+    asked = []
+    database = types.SimpleNamespace(fileForInstance=lambda uid: asked.append(uid) or f"/dicom/{uid}",
+                                     fileValue=lambda path, tag: headers.get(path, {}).get(tag, ""))
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    plain.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
+    expected = {"sequence": "ir", "tr": 9000.0, "te": 90.0, "ti": 2500.0}
+    assert logic.protocolFromDicom(plain) == expected and asked == ["1.2.3"]  # the first instance's header
+    assert logic.scanProtocolOfNode(plain) == (expected, "DICOM header")
+    headers["/dicom/1.2.3"].update({"0018,0082": "", "0018,0020": "GR"})
+    with pytest.raises(InputError, match="gradient-echo"):
+        logic.protocolFromDicom(plain)
+    assert logic.protocolValuesFromNode(plain, "t2w") == {"tr": 9000.0, "te": 90.0}  # the routine section still reads it
+
+
+def test_logic_reparam_jobs_refuse_bad_protocols_before_writing_anything(logic, temporary):
+    """The scan's protocol and the direct engine's target are checked in process: a bad one starts nothing."""
+    node = routine_nodes(logic)[0]
+    bad = [({"sequence": "se", "tr": 500.0, "te": 600.0}, "TE must be below TR"),
+           ({"sequence": "se", "tr": 500.0}, "TE"), ({}, "not known"), (Protocol("gre", 20.0, 4.0, flip=25.0), "'gre'"),
+           ({"sequence": "ir", "tr": 9000.0, "te": 90.0}, "TI")]
+    for protocol, message in bad:
+        with pytest.raises(InputError, match=message):
+            logic.reparamJob(node, protocol)
+    with pytest.raises(InputError, match="direct engine"):
+        logic.reparamJob(node, T1W, engine="direct", target=PRESETS["DIR"].protocol)
+    with pytest.raises(InputError, match="needs a target"):
+        logic.reparamJob(node, T1W, engine="direct")
+    assert not any(temporary.iterdir())
+    with pytest.raises(InputError, match="enter the scan's TR, TE"):
+        logic.scanProtocol("se", 0.0, None)
+
+
+def test_logic_reparam_jobs_write_the_scan_and_tell_the_child_everything(logic, temporary):
+    from SyntheticMRILib import jobs
+    from SyntheticMRILib.io.volumes import read_volume
+    from SyntheticMRILib.slicer import bridge
+
+    node = routine_nodes(logic)[2]  # the T2-FLAIR: an IR scan, its protocol as a dict
+    flair = PRESETS["T2-FLAIR"].protocol
+    folder, argv = logic.reparamJob(node, {"sequence": "ir", **flair.values()}, device="cpu", model="m.pt")
+    assert read_volume(Path(folder) / "input.nrrd").same_grid(bridge.volume_from_node(node))
+    assert argv[1:4] == ["-m", jobs.CHILD_MODULE, "reparam"]
+    options = dict(zip(argv[4::2], argv[5::2])) if len(argv[4:]) % 2 == 0 else None
+    assert options == {"--input": str(Path(folder) / "input.nrrd"), "--sequence": "ir", "--tr": "9000.0", "--te": "90.0",
+                       "--ti": repr(float(flair.ti)), "--to-sequence": "ir", "--to-tr": "9000.0", "--to-te": "90.0",
+                       "--to-ti": repr(float(flair.ti)), "--engine": "physics", "-o": str(Path(folder) / "result.nrrd"),
+                       "--device": "cpu", "--progress": "lines", "--keep-maps": str(Path(folder) / "maps"), "--model": "m.pt"}
+    logic.removeJobFolder(folder)
+    stir = Protocol("ir", 5000.0, 60.0, 160.0)
+    folder, argv = logic.reparamJob(node, flair, engine="direct", target=stir)
+    assert "--keep-maps" not in argv and "--model" not in argv and argv[argv.index("--engine") + 1] == "direct"
+    assert argv[argv.index("--to-ti") + 1] == "160.0"
+    logic.removeJobFolder(folder)
+    assert not any(temporary.iterdir())
+    with pytest.raises(InputError, match="unknown engine"):
+        jobs.reparam_job("python", folder, flair, engine="pixels")
+    from SyntheticMRILib.models.reparam import ENGINES
+
+    assert jobs.REPARAM_ENGINES == ENGINES  # the GUI's list, kept without importing torch
 
 
 # --------------------------------------------------------------------------- installing the dependencies

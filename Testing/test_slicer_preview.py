@@ -15,7 +15,8 @@ import torch
 from conftest import make_maps, oblique_left_handed_direction, rotation
 from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.io.maps import prepare_maps
-from SyntheticMRILib.slicer.preview import MapCache, PlaneVoxels, on_grid, plane_voxels, synthesize_planes
+from SyntheticMRILib.slicer.preview import (MapCache, PlaneVoxels, on_grid, plane_voxels, render_planes,
+                                            synthesize_planes)
 from SyntheticMRILib.physics.protocols import PRESETS, Protocol, preset
 from SyntheticMRILib.physics.synthesis import synthesize_volume
 from SyntheticMRILib.io.volumes import Volume
@@ -159,6 +160,43 @@ def test_preview_writes_what_the_full_volume_has_there_and_nothing_else(name, ki
     np.testing.assert_allclose(out[written], full[written], rtol=1e-6, atol=0)
     np.testing.assert_array_equal(out[~written], before[~written])
     assert written[4].all() and written[:, :, 7].all() and written.sum() < 0.6 * written.size
+
+
+def scan_maps():
+    """A ScanMaps over the maps of make_maps: a noisy T2w-like image (background included), a gain and a floor."""
+    from SyntheticMRILib.models.reparam import ScanMaps
+
+    maps = make_maps()
+    arrays = tuple(maps[key].array for key in ("t1", "t2", "pd"))
+    protocol = preset("T2w").protocol
+    image = 300.0 * synthesize_volume(*(torch.from_numpy(a) for a in arrays), protocol).numpy()
+    image = np.abs(image + np.random.default_rng(1).normal(0, 5, image.shape)).astype(np.float32)
+    return ScanMaps(maps["t1"].with_array(image), protocol, arrays, gain=280.0, floor=0.02)
+
+
+@pytest.mark.parametrize("name", ["T1w", "T2-FLAIR", "PSIR", "DIR"])
+def test_the_reparam_preview_writes_what_the_whole_render_has_there_and_nothing_else(name):
+    """render_planes: the voxels of the views hold ScanMaps.render(target) (maps, gain and carried residual), the
+    others are untouched; a signed target (PSIR) keeps its sign."""
+    scan = scan_maps()
+    target = PRESETS[name].protocol
+    full = scan.render(target)
+    before = scan.render(preset("STIR").protocol)
+    out = before.copy()
+    planes = _planes(scan.image)
+    assert render_planes(scan, target, planes, out) == 3
+    written = np.zeros(out.shape, bool)
+    for found in planes[:3]:
+        for voxel in band(found):
+            written[voxel] = True
+    np.testing.assert_allclose(out[written], full[written], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(out[~written], before[~written])
+    assert written[4].all() and written[:, :, 7].all() and written.sum() < 0.6 * written.size
+    assert render_planes(scan, target, [None], out) == 0
+    with pytest.raises(ValueError, match="must not be the scan"):
+        render_planes(scan, target, planes, scan.image.array)
+    with pytest.raises(ValueError, match="shape"):
+        render_planes(scan, target, planes, np.zeros((9, 11, 12), np.float32))
 
 
 def test_preview_of_integer_maps_computes_in_float():

@@ -8,18 +8,21 @@ from __future__ import annotations
 import os
 import re
 import time
+import types
 import typing
 
+import numpy as np
 import pytest
 
-from slicer_fakes import ROOT, FakeParameterNode, FakeTimer, fake_ui, import_widget_module, install_gui_stubs
+from slicer_fakes import ROOT, FakeParameterNode, FakeTimer, FakeWidget, fake_ui, import_widget_module, install_gui_stubs
 from SyntheticMRILib.devices import DEVICES
 from SyntheticMRILib.io.maps import UNITS
 from SyntheticMRILib.physics.protocols import GAP_MS, PARAMETERS, PRESETS, RANGES, SEQUENCES, parameter_bounds
 from SyntheticMRILib.physics.routine import RANGES_MS, SERIES
 from SyntheticMRILib.slicer.logic import CONTRASTS, SyntheticMRILogic, sequence_of
 from conftest import write_study
-from test_slicer_logic import routine_nodes, routine_values, tiny_mapper
+from test_slicer_logic import ijk_to_ras, routine_nodes, routine_values, tiny_mapper, tiny_reparam
+from test_slicer_preview import slice_to_ras
 
 
 @pytest.fixture
@@ -58,9 +61,43 @@ class Logic(SyntheticMRILogic):
         return False
 
 
+class FakeComboBox(FakeWidget):
+    """A QComboBox the widget reads itself (not bound to the parameter node): the items, ``currentIndex``, which emits
+    currentIndexChanged(int) when it changes (from the user or the code, as Qt), ``currentText`` and ``findText``."""
+
+    @property
+    def currentIndex(self):
+        return self.__dict__.get("_index", 0 if self.items else -1)
+
+    @currentIndex.setter
+    def currentIndex(self, index):
+        if index != self.currentIndex:
+            self.__dict__["_index"] = index
+            self.emit("currentIndexChanged(int)", index)
+
+    @property
+    def currentText(self):
+        return self.items[self.currentIndex] if 0 <= self.currentIndex < len(self.items) else ""
+
+    def findText(self, text):
+        return self.items.index(text) if text in self.items else -1
+
+    def userPicks(self, text):
+        assert text in self.items, text
+        self.currentIndex = self.findText(text)
+
+
+def widget_ui():
+    """The .ui's fakes, with real-like combo boxes for those the widget reads (the others are bound)."""
+    ui = fake_ui()
+    for name in ("reparamSequenceComboBox", "reparamEngineComboBox", "reparamTargetComboBox"):
+        getattr(ui, name).__class__ = FakeComboBox
+    return ui
+
+
 def make_widget(gui, **values):
     node = parameter_node(gui, **values)
-    ui = fake_ui()
+    ui = widget_ui()
     widget = gui.SyntheticMRIWidget(ui, Logic(node))
     widget.enter()
     return widget, ui, node
@@ -84,7 +121,7 @@ def test_the_parameter_node_is_the_catalogue(gui):
     assert (fields["contrast"][1][1], fields["units"][1][1], fields["device"][1][1]) == (CONTRASTS, UNITS, DEVICES)
     # every parameter has one widget: bound through the wrapper, or a slider the widget drives
     assert set(gui.BINDINGS) | set(gui.SLIDERS) == set(fields) and not set(gui.BINDINGS) & set(gui.SLIDERS)
-    ui = fake_ui()
+    ui = widget_ui()
     kinds = {"qMRMLNodeComboBox": "vtkMRMLScalarVolumeNode", "QComboBox": "Choice", "QCheckBox": "bool"}
     for name, widget in gui.BINDINGS.items():
         hint = typing.get_type_hints(gui.SyntheticMRIParameterNode, include_extras=True)[name]
@@ -382,6 +419,182 @@ def test_the_widget_estimates_maps_from_routine_scans_and_synthesizes_from_them(
     assert slicer.util.arrayFromVolume(output).shape == slicer.util.arrayFromVolume(node.t1Volume).shape
 
 
+# --------------------------------------------------------------------------- re-parameterize a scan
+def reparam_widget(gui, tmp_path_factory=None):
+    """The widget, its ui and the section's scan (a T1w synthesized here: it carries SE TR 500 TE 10); with
+    ``tmp_path_factory``, the logic's jobs use tiny seeded models of both engines."""
+    import functools
+
+    widget, ui, _ = batch_widget(gui)
+    logic = widget.logic
+    if tmp_path_factory is not None:
+        folder = tmp_path_factory.mktemp("models")
+        models = {engine: str(tiny_reparam(folder / f"{engine}.pt", engine)) for engine in ("physics", "direct")}
+        job = logic.reparamJob
+        logic.reparamJob = lambda *args, engine="physics", **kw: functools.partial(job, model=models[engine])(
+            *args, engine=engine, **kw)  # the shipped models come later
+    return widget, ui, routine_nodes(logic)[0]
+
+
+def show_in_red_view(node, plane):
+    """A slice view of the layout ("Red") showing ``node`` through ``plane`` (its SliceToRAS)."""
+    import slicer
+
+    sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+    sliceNode.SetLayoutName("Red")
+    sliceNode.SetMappedInLayout(True)
+    slicer.util.updateVTKMatrixFromArray(sliceNode.GetSliceToRAS(), plane)
+    composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    composite.SetLayoutName("Red")
+    composite.SetBackgroundVolumeID(node.GetID())
+
+
+def test_the_reparam_section_refuses_bad_inputs_and_starts_nothing(gui, tmp_path, monkeypatch):
+    import slicer
+
+    widget, ui, scan = reparam_widget(gui)
+    status = lambda: ui.reparamStatusLabel.text  # noqa: E731
+    assert ui.reparamSequenceComboBox.items == ["SE", "IR"] and ui.reparamEngineComboBox.items == ["physics", "direct"]
+    assert ui.reparamTargetComboBox.items == list(CONTRASTS) and ui.reparamTargetComboBox.currentText == "T2-FLAIR"
+    assert ui.reparamPredictButton.enabled and ui.reparamApplyButton.enabled and not ui.reparamCancelButton.enabled
+    ui.reparamPredictButton.emit("clicked(bool)", True)
+    assert status() == "Select the scan to re-parameterize."
+    plain = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")
+    ui.reparamInputSelector.setCurrentNode(plain)
+    assert ui.reparamProtocolLabel.text.startswith("The volume does not say how it was acquired")
+    ui.reparamApplyButton.emit("clicked(bool)", True)
+    assert status() == "Enter the scan's TR, TE (ms)."
+
+    ui.reparamInputSelector.setCurrentNode(scan)  # a contrast made here: its protocol is filled in
+    assert (ui.reparamSequenceComboBox.currentText, ui.reparamTrSpinBox.value, ui.reparamTeSpinBox.value) == ("SE", 500.0, 10.0)
+    assert ui.reparamProtocolLabel.text == "SE TR, TE from the volume's provenance." and not ui.reparamTiSpinBox.visible
+    ui.reparamTeSpinBox.value = 600.0
+    ui.reparamPredictButton.emit("clicked(bool)", True)
+    assert status() == "TE must be below TR, got TE 600 ms, TR 500 ms."
+    ui.reparamTeSpinBox.value = 10.0
+    ui.reparamSequenceComboBox.userPicks("IR")
+    assert ui.reparamTiSpinBox.visible
+    widget.onReparamApply()
+    assert status() == "Enter the scan's TI (ms)."
+    ui.reparamSequenceComboBox.userPicks("SE")
+    ui.reparamOutputSelector.setCurrentNode(scan)
+    widget.onReparamPredict()
+    assert status() == "The output volume must not be the scan."
+    ui.reparamOutputSelector.setCurrentNode(None)
+    ui.reparamEngineComboBox.userPicks("direct")
+    assert not ui.reparamPredictButton.enabled and ui.reparamApplyButton.enabled  # the direct engine has no maps
+    ui.reparamTargetComboBox.userPicks("DIR")
+    assert ui.reparamTi2Slider.visible and ui.reparamTiLabel.text == "TI1 (longer):"
+    widget.onReparamApply()
+    assert status().startswith("The direct engine makes spin-echo and inversion-recovery targets only")
+    ui.reparamTeSlider.emit("valueIsChanging(double)", 30.0)  # no maps: a slider previews nothing, and asks nothing
+    widget._reparamTimer.slot()
+    assert widget._mapsJob is None and not any(tmp_path.iterdir())  # no job, no folder
+
+    headers = {"/dicom/1": {"0018,0080": "20", "0018,0081": "4", "0018,0020": "GR"},
+               "/dicom/2": {"0018,0080": "9000", "0018,0081": "90", "0018,0082": "2500", "0018,0020": "SE\\IR"}}
+    database = types.SimpleNamespace(fileForInstance=lambda uid: f"/dicom/{uid}",
+                                     fileValue=lambda path, tag: headers[path].get(tag, ""))
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    gradientEcho, flair = (slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n) for n in ("GRE", "FLAIR"))
+    gradientEcho.SetAttribute("DICOM.instanceUIDs", "1")
+    flair.SetAttribute("DICOM.instanceUIDs", "2 3")
+    ui.reparamInputSelector.setCurrentNode(gradientEcho)
+    assert ui.reparamProtocolLabel.text.startswith("A gradient-echo scan (ScanningSequence GR)")
+    assert (ui.reparamTrSpinBox.value, ui.reparamTeSpinBox.value) == (0.0, 0.0)
+    ui.reparamInputSelector.setCurrentNode(flair)
+    assert ui.reparamProtocolLabel.text == "IR TR, TE, TI from the DICOM header."
+    assert [ui.reparamSequenceComboBox.currentText] + [box.value for box in (
+        ui.reparamTrSpinBox, ui.reparamTeSpinBox, ui.reparamTiSpinBox)] == ["IR", 9000.0, 90.0, 2500.0]
+
+
+def test_the_widget_predicts_a_scans_maps_then_the_target_sliders_are_live(gui, tmp_path, tmp_path_factory):
+    """Predict maps runs the child once; then a dragged slider renders only the slices in view (as ScanMaps.render
+    has them), its release the whole volume, a new target the whole volume: no child any more."""
+    import slicer
+    from SyntheticMRILib.physics.protocols import Protocol
+    from SyntheticMRILib.slicer import bridge
+
+    widget, ui, scan = reparam_widget(gui, tmp_path_factory)
+    ui.reparamInputSelector.setCurrentNode(scan)
+    ui.reparamTargetComboBox.userPicks("T2w")
+    sliders = {name: getattr(ui, f"reparam{name.capitalize()}Slider") for name in PARAMETERS}
+    assert (sliders["tr"].value, sliders["te"].value) == (4500.0, 100.0) and not sliders["ti"].visible
+    assert sliders["ti"].maximum == 4500.0 - GAP_MS  # the bounds of the target's TR
+    ui.reparamPredictButton.emit("clicked(bool)", True)
+    assert not ui.reparamPredictButton.enabled and not ui.reparamApplyButton.enabled  # one maps job at a time
+    assert not ui.routineMapsButton.enabled and ui.reparamCancelButton.enabled and not ui.routineCancelButton.enabled
+    assert widget._mapsJob.process.pump(timeout=180)
+    assert ui.reparamStatusLabel.text.startswith("Maps predicted: the target sliders run the physics layer now.")
+    assert ui.reparamPredictButton.enabled and not ui.reparamCancelButton.enabled and not any(tmp_path.iterdir())
+    maps, output = widget._scanMaps, ui.reparamOutputSelector.currentNode()
+    assert output.GetName() == "t1w as T2w" and np.array_equal(ijk_to_ras(output), ijk_to_ras(scan))
+    assert np.array_equal(slicer.util.arrayFromVolume(output), maps.render(Protocol("se", 4500.0, 100.0)))
+    assert output.GetAttribute("SyntheticMRI.ReparameterizedFrom") == "t1w: se TR 500 TE 10, physics engine"
+
+    show_in_red_view(output, slice_to_ras(2, bridge.volume_from_node(output), (80, 100, 5)))  # the k = 5 slice
+    before = slicer.util.arrayFromVolume(output).copy()
+    sliders["te"].emit("valueIsChanging(double)", 30.0)
+    assert widget._reparamTimer.started
+    widget._reparamTimer.slot()  # the timer fires: the slice in view follows the drag, nothing else
+    after, dragged = slicer.util.arrayFromVolume(output), maps.render(Protocol("se", 4500.0, 30.0))
+    np.testing.assert_allclose(after[5], dragged[5], rtol=1e-5, atol=1e-5 * float(dragged.max()))
+    np.testing.assert_array_equal(np.delete(after, 5, axis=0), np.delete(before, 5, axis=0))
+    assert not np.allclose(after[5], before[5]) and ui.reparamTargetComboBox.currentText == "T2w"
+
+    sliders["te"].userSets(30.0)  # released: the whole volume; an edited preset is custom
+    assert ui.reparamTargetComboBox.currentText == "Custom spin echo" and output.GetName() == "t1w as spin echo"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(output), dragged)
+    assert output.GetAttribute("SyntheticMRI.Protocol") == "se TR 4500 TE 30"
+    ui.reparamTargetComboBox.userPicks("DIR")  # a target only the physics layer makes
+    assert sliders["ti2"].visible and not sliders["flip"].visible and output.GetName() == "t1w as DIR"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(output), maps.render(PRESETS["DIR"].protocol))
+    assert widget._mapsJob is None  # no child ran for any of these
+
+    ui.reparamTeSpinBox.value = 12.0  # the scan's protocol changed: the maps are not its maps any more
+    sliders["tr"].userSets(8000.0)
+    assert ui.reparamStatusLabel.text.startswith("The scan or its protocol changed since the maps were predicted")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(output), maps.render(PRESETS["DIR"].protocol))
+    ui.reparamTeSpinBox.value = 10.0
+    ui.reparamApplyButton.emit("clicked(bool)", True)  # Apply: in process, from the maps
+    assert widget._mapsJob is None
+    assert ui.reparamTargetComboBox.currentText == "Custom double IR"
+    expected = maps.render(Protocol("dir", 8000.0, *(widget._reparamValues[n] for n in ("te", "ti", "ti2"))))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(output), expected)
+    assert re.fullmatch(r"DIR TR 8000 TE 25 TI \d+ TI2 \d+: \d+ ms", ui.reparamStatusLabel.text), ui.reparamStatusLabel.text
+
+
+def test_the_widget_runs_the_direct_engine_and_cancels_a_prediction(gui, tmp_path, tmp_path_factory):
+    import slicer
+
+    widget, ui, scan = reparam_widget(gui, tmp_path_factory)
+    ui.reparamInputSelector.setCurrentNode(scan)
+    ui.reparamEngineComboBox.userPicks("direct")
+    ui.reparamTargetComboBox.userPicks("T2-FLAIR")
+    ui.reparamApplyButton.emit("clicked(bool)", True)  # the direct engine: the target's image, from the child
+    assert ui.reparamCancelButton.enabled and not ui.segmentButton.enabled
+    assert widget._mapsJob.process.pump(timeout=180)
+    output = ui.reparamOutputSelector.currentNode()
+    assert ui.reparamStatusLabel.text.startswith("t1w as T2-FLAIR: the direct engine's image."), ui.reparamStatusLabel.text
+    assert np.array_equal(ijk_to_ras(output), ijk_to_ras(scan)) and widget._scanMaps is None
+    voxels = slicer.util.arrayFromVolume(output)
+    assert voxels.shape == slicer.util.arrayFromVolume(scan).shape and np.isfinite(voxels).all() and voxels.max() > 0
+    assert output.GetAttribute("SyntheticMRI.Preset") == "T2-FLAIR"
+    assert output.GetAttribute("SyntheticMRI.ReparameterizedFrom") == "t1w: se TR 500 TE 10, direct engine"
+    assert not any(tmp_path.iterdir())
+
+    ui.reparamEngineComboBox.userPicks("physics")
+    volumes = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    ui.reparamApplyButton.emit("clicked(bool)", True)  # the physics engine without maps: Apply predicts them first
+    assert "--keep-maps" in widget._mapsJob.argv and ui.reparamCancelButton.enabled
+    process = widget._mapsJob.process
+    ui.reparamCancelButton.emit("clicked(bool)", True)
+    assert process.pump(timeout=30)
+    assert ui.reparamStatusLabel.text == "Cancelled." and ui.reparamPredictButton.enabled and not ui.reparamCancelButton.enabled
+    assert widget._scanMaps is None and not any(tmp_path.iterdir())
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes  # nothing added
+
+
 def test_every_input_of_the_ui_is_wired_bound_or_read(gui):
     """A widget in the .ui that nothing listens to is a control that does nothing."""
     widget, ui, node = make_widget(gui)
@@ -394,6 +607,13 @@ def test_every_input_of_the_ui_is_wired_bound_or_read(gui):
     for series in SERIES:  # a chosen series fills in its values
         assert "currentNodeChanged(vtkMRMLNode*)" in getattr(ui, f"{series}Selector").slots
         read_when_run.add(f"{series}Selector")
+    # Re-parameterize a scan: a chosen scan fills in its protocol; a picked sequence, engine or target lays out the
+    # section; the protocol and the output are read when Predict maps or Apply is pressed.
+    assert "currentNodeChanged(vtkMRMLNode*)" in ui.reparamInputSelector.slots
+    for name in ("reparamSequenceComboBox", "reparamEngineComboBox", "reparamTargetComboBox"):
+        assert "currentIndexChanged(int)" in getattr(ui, name).slots, name
+    read_when_run |= {"reparamInputSelector", "reparamSequenceComboBox", "reparamEngineComboBox",
+                      "reparamTargetComboBox", "reparamOutputSelector"} | set(gui.REPARAM_SPIN_BOXES.values())
     for name, fake in vars(ui).items():
         if fake.cls in signals:
             assert signals[fake.cls] <= set(fake.slots), f"{name} is not connected to {signals[fake.cls] - set(fake.slots)}"

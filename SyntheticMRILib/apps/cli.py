@@ -7,6 +7,7 @@ nothing written; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -20,7 +21,7 @@ from ..io.maps import MAP_NAMES, UNITS, Maps, load_maps
 from ..io.volumes import EXTENSIONS, check_output, check_output_file, check_output_folder, write_volume
 from ..physics.protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
 from ..physics.routine import RANGES_MS, SERIES, outside_ranges
-from ..training.config import MAP_VARIANTS, VARIANTS, MapTrainConfig, TrainConfig
+from ..training.config import MAP_VARIANTS, VARIANTS, MapTrainConfig, ReparamTrainConfig, TrainConfig
 from ..cohort.recipe import STORAGES
 from ..cohort.schedulers import LOCAL
 from ..jobs import LEARNED_INDEX, progress_line, write_learned_index, write_structure_volumes
@@ -156,6 +157,45 @@ def _parser() -> argparse.ArgumentParser:
     train_maps.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
     train_maps.add_argument("--overwrite", action="store_true", help="replace a finished run in -o (and its checkpoints)")
     _device_argument(train_maps)
+
+    reparam = commands.add_parser("reparam", help="one weighted scan (SE or IR) at other TR/TE/TI: the same anatomy, "
+                                                  "the input's grid and intensity scale")
+    reparam.add_argument("--input", required=True, type=Path, help="the weighted scan (its protocol may come from a BIDS "
+                         "sidecar beside it: RepetitionTime, EchoTime, InversionTime in s)")
+    reparam.add_argument("--sequence", type=str.lower, choices=("se", "ir"), help="the scan's sequence")
+    for name in ("tr", "te", "ti"):
+        reparam.add_argument(f"--{name}", type=float, metavar="MS", help=f"the scan's {name.upper()}, ms")
+    reparam.add_argument("--json", type=Path, metavar="JSON", help="the scan's BIDS sidecar (default: beside the image)")
+    target = reparam.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-sequence", type=str.lower, choices=SEQUENCE_CHOICES,
+                        help="the target's sequence (se, ir; the physics engine also makes the others)")
+    target.add_argument("--to-preset", help=f"a named target contrast: {', '.join(PRESETS)}")
+    for name, what in (("tr", "TR, ms"), ("te", "TE, ms"), ("ti", "TI, ms"), ("ti2", "TI2, ms (dir, dsir)"),
+                       ("flip", "flip angle, degrees (gre)")):
+        reparam.add_argument(f"--to-{name}", type=float, metavar="MS" if name != "flip" else "DEG", help=f"the target's {what}")
+    reparam.add_argument("--engine", choices=("physics", "direct"), default=None,
+                         help="physics (default: maps, then the physics layer) or direct (the published image-to-image network)")
+    reparam.add_argument("--model", type=Path, help="a model file from train-reparam (default: the shipped one)")
+    reparam.add_argument("--keep-maps", type=Path, metavar="DIR", help="also write the physics engine's T1/T2/PD "
+                         "(t1.nrrd, t2.nrrd ms, pd.nrrd) and scan.json (gain) into DIR: any other target is then "
+                         "the physics layer alone (the Slicer module's live preview)")
+    reparam.add_argument("-o", "--output", required=True, type=Path, help=f"output volume ({', '.join(EXTENSIONS)})")
+    _output_arguments(reparam, progress="SLICE")
+
+    train_reparam = commands.add_parser("train-reparam", help="train the re-parameterization engines (physics, direct) "
+                                                              "and evaluate them in one table")
+    train_reparam.add_argument("--data", required=True, type=Path,
+                               help="folder with train/, val/, test/ (and external/, lesions/) phantom folders")
+    train_reparam.add_argument("-o", "--output", required=True, type=Path,
+                               help="model folder: physics.pt, direct.pt, report.json, MODEL_CARD.md, loss.png, examples.png")
+    train_reparam.add_argument("--engine", choices=("physics", "direct", "both"), default="both",
+                               help="what to train (the table covers every engine the folder holds)")
+    train_reparam.add_argument("--steps", type=int, default=ReparamTrainConfig.steps, help="optimizer steps per model")
+    train_reparam.add_argument("--batch", type=int, default=ReparamTrainConfig.batch, help="2-D crops per step")
+    train_reparam.add_argument("--seed", type=int, default=ReparamTrainConfig.seed, help="seed of the draws and initial weights")
+    train_reparam.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
+    train_reparam.add_argument("--overwrite", action="store_true", help="retrain an engine of a finished run in -o")
+    _device_argument(train_reparam)
 
     web = commands.add_parser("web", help="the app in a browser (trame-slicer): sample or uploaded maps, sliders, "
                                           "segmentation, learned contrasts, downloads; needs SyntheticMRILib[web]")
@@ -464,6 +504,62 @@ def cmd_train_maps(args: argparse.Namespace) -> None:
     train_maps_command(args.data, args.output, config, variants, pick_device(args.device), args.eval_limit, args.overwrite)
 
 
+def _target(args: argparse.Namespace) -> Protocol:
+    given = [f"--to-{n}" for n in ("tr", "te", "ti", "ti2", "flip") if getattr(args, f"to_{n}") is not None]
+    if args.to_preset:
+        if given:
+            raise InputError(f"--to-preset fixes the target; drop {' '.join(given)} or use --to-sequence")
+        return preset(args.to_preset).protocol
+    if args.to_tr is None or args.to_te is None:
+        raise InputError(f"--to-sequence {args.to_sequence} needs --to-tr and --to-te")
+    try:
+        return protocol_from_args(args.to_sequence, args.to_tr, args.to_te, args.to_ti, args.to_ti2, args.to_flip)
+    except InputError as error:  # the advice names this command's flags
+        raise InputError("target: " + re.sub(r"--(tr|te|ti2|ti|flip)\b", r"--to-\1", str(error))) from None
+
+
+def cmd_reparam(args: argparse.Namespace) -> None:
+    from ..io.provenance import Provenance, write_contrast
+    from ..io.scan import load_scan
+    from ..models.reparam import DEFAULT_ENGINE, SCAN_RECORD, check_direct_target, load_reparam, reparameterize
+    from ..physics.scans import outside_scan_ranges
+
+    target = _target(args)  # every check before any work
+    engine = args.engine or DEFAULT_ENGINE
+    if engine == "direct":
+        check_direct_target(target)
+        if args.keep_maps is not None:
+            raise InputError("--keep-maps: only the physics engine has maps to keep")
+    check_output(args.output, args.overwrite)
+    if args.keep_maps is not None:
+        _check_free([args.keep_maps / f"{n}.nrrd" for n in MAP_NAMES] + [args.keep_maps / SCAN_RECORD], args.overwrite)
+    scan = load_scan(args.input, args.sequence, {"tr": args.tr, "te": args.te, "ti": args.ti}, args.json)
+    for note in scan.notes:
+        print(f"note: {note}")
+    for what, protocol in (("input", scan.protocol), ("target", target)):
+        for line in outside_scan_ranges(protocol):
+            print(f"warning: {what} {line} is outside the training ranges; the result may be less accurate")
+    device = pick_device(args.device)
+    model = load_reparam(engine, args.model, device)
+    start = time.perf_counter()
+    image = reparameterize(scan.image, scan.protocol, target, engine, model, device,
+                           progress=_progress(args, "reparam", "slice"), log=lambda line: print(f"note: {line}"),
+                           keep_maps=args.keep_maps, overwrite=args.overwrite)
+    seconds = time.perf_counter() - start
+    provenance = Provenance.of_preset(preset(args.to_preset)) if args.to_preset else Provenance(target)
+    write_contrast(image, args.output, provenance, overwrite=args.overwrite)
+    print(f"{scan.protocol.sequence} {scan.protocol.caption()} -> {target.sequence} {target.caption()} ({engine} engine, "
+          f"{seconds:.1f} s on {device}) -> {args.output}")
+
+
+def cmd_train_reparam(args: argparse.Namespace) -> None:
+    from ..training.reparam import train_reparam_command
+
+    config = ReparamTrainConfig(steps=args.steps, batch=args.batch, seed=args.seed)
+    train_reparam_command(args.data, args.output, config, args.engine, pick_device(args.device), args.eval_limit,
+                          args.overwrite)
+
+
 def cmd_web(args: argparse.Namespace) -> None:
     from ..web.serve import serve
 
@@ -472,6 +568,7 @@ def cmd_web(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg, "train-maps": cmd_train_maps, "maps": cmd_maps,
+            "reparam": cmd_reparam, "train-reparam": cmd_train_reparam,
             "segment": cmd_segment, "contrast": cmd_contrast, "web": cmd_web}
 
 

@@ -23,7 +23,8 @@ from ..physics.routine import RANGES_MS, SERIES, series_protocols
 from .grid import physical_extent, resample
 from .volumes import EXTENSIONS, PathLike, Volume, read_volume
 
-__all__ = ["RoutineSeries", "head_mask", "sidecar_path", "read_sidecar", "load_series", "SIDECAR_KEYS"]
+__all__ = ["RoutineSeries", "head_mask", "sidecar_path", "read_json", "read_sidecar", "check_image", "tissue_ratio",
+           "load_series", "SIDECAR_KEYS"]
 
 SIDECAR_KEYS = {"tr": "RepetitionTime", "te": "EchoTime", "ti": "InversionTime"}  # BIDS, seconds
 _MIN_OVERLAP = 0.5  # share of the T1w's extent (per axis) another series must cover
@@ -57,17 +58,27 @@ def sidecar_path(image: PathLike) -> Path:
     return image.with_suffix(".json")
 
 
-def read_sidecar(path: PathLike, series: str, skip: Iterable[str] = ()) -> Dict[str, float]:
-    """TR/TE/TI (ms) of a BIDS sidecar; those it lacks, and those in ``skip`` (given on the command line, which
-    wins), are left out."""
+def read_json(path: PathLike) -> Dict[str, object]:
+    """A sidecar's content (a JSON object), or a one-line error."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: not a readable JSON sidecar ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON sidecar (an object of BIDS keys)")
+    return data
+
+
+def read_sidecar(path: PathLike, names: Iterable[str], skip: Iterable[str] = ()) -> Dict[str, float]:
+    """TR/TE/TI (ms) of a BIDS sidecar, those of ``names`` only; those it lacks, and those in ``skip`` (given on
+    the command line, which wins), are left out."""
+    path = Path(path)
+    data = read_json(path)
+    names = set(names)
     out = {}
     for name, key in SIDECAR_KEYS.items():
-        if key not in data or name not in RANGES_MS[series] or name in skip:
+        if key not in data or name not in names or name in skip:
             continue
         value = data[key]
         if isinstance(value, list):  # multi-echo sidecars list echo times; these series have one
@@ -80,10 +91,11 @@ def read_sidecar(path: PathLike, series: str, skip: Iterable[str] = ()) -> Dict[
     return out
 
 
-def _check_image(volume: Volume, path: Path, series: str) -> None:
+def check_image(volume: Volume, path: Path, series: str) -> None:
+    """A 3-D magnitude image with signal and no NaN, or a one-line error naming ``series``."""
     if min(volume.array.shape) < 2:
-        raise InputError(f"{series} {path}: a single slice ({'x'.join(map(str, volume.size))} voxels); the maps need "
-                         "a 3-D volume")
+        raise InputError(f"{series} {path}: a single slice ({'x'.join(map(str, volume.size))} voxels); a 3-D "
+                         "volume is needed")
     bad = int(np.count_nonzero(~np.isfinite(volume.array)))
     if bad:
         raise InputError(f"{series} {path}: {bad} NaN or infinite voxels; mask or fill them first")
@@ -111,20 +123,19 @@ def head_mask(images: np.ndarray) -> np.ndarray:
     return np.any(images > (_HEAD_FRACTION * tops).reshape((-1,) + (1,) * (images.ndim - 1)), axis=0)
 
 
-def _fluid_ratio(protocol: Protocol) -> float:
-    """CSF over white matter at ``protocol`` (the larger at 1.5 and 3 T): how bright fluid may be on that series."""
+def tissue_ratio(protocol: Protocol, tissues: Iterable[str] = ("csf",)) -> float:
+    """The brightest of ``tissues`` over white matter at ``protocol`` (the larger at 1.5 and 3 T): how bright
+    they may be on a scan of that protocol."""
     import torch
 
     from ..physics.synthesis import synthesize
     from ..physics.tissues import FIELD_STRENGTHS, relaxation
 
-    ratios = []
-    for field in FIELD_STRENGTHS:
-        rows = [relaxation(tissue, field) for tissue in ("csf", "cerebral_wm")]
-        csf, wm = (float(synthesize(*(torch.tensor([float(v)], dtype=torch.float64) for v in (r.t1, r.t2, r.pd)),
-                                    protocol)) for r in rows)
-        ratios.append(csf / wm)
-    return max(ratios)
+    def signal(tissue: str, field: float) -> float:
+        r = relaxation(tissue, field)
+        return float(synthesize(*(torch.tensor([float(v)], dtype=torch.float64) for v in (r.t1, r.t2, r.pd)), protocol))
+
+    return max(signal(t, f) / signal("cerebral_wm", f) for f in FIELD_STRENGTHS for t in tissues)
 
 
 def _check_contrast(images: np.ndarray, head: np.ndarray, protocols: Mapping[str, Protocol]) -> None:
@@ -139,7 +150,7 @@ def _check_contrast(images: np.ndarray, head: np.ndarray, protocols: Mapping[str
         ratio = float(level / max(values.mean(), 1e-12))
         # a FLAIR's fluid may be bright (TI past the null), but only on a map is it (nearly) the brightest tissue
         brightest = name == "t1w" or float(np.mean(values > level)) < _FLUID_TOP
-        if brightest and ratio > max(_FLUID_BRIGHT, _FLUID_MARGIN * _fluid_ratio(protocols[name])):
+        if brightest and ratio > max(_FLUID_BRIGHT, _FLUID_MARGIN * tissue_ratio(protocols[name])):
             raise InputError(f"{name}: fluid is bright ({ratio:.1f}x the head's mean where the T2w is brightest), more "
                              f"than a {what} series at its TR/TE/TI shows it: is this a T1 or T2 map, or another contrast?")
     # T1w and FLAIR both show fluid dark; the FLAIR, T2-weighted, follows the T2w elsewhere and the T1w does not
@@ -171,12 +182,12 @@ def load_series(paths: Mapping[str, PathLike], values: Mapping[str, Mapping[str,
         sidecar = Path(sidecars[series]) if sidecars.get(series) else sidecar_path(path)
         if sidecars.get(series) and not sidecar.is_file():
             raise InputError(f"{series}: {sidecar}: no such sidecar")
-        from_file = read_sidecar(sidecar, series, skip=given) if sidecar.is_file() else {}
+        from_file = read_sidecar(sidecar, RANGES_MS[series], skip=given) if sidecar.is_file() else {}
         merged[series] = {**from_file, **given}
         if from_file:
             notes.append(f"{series}: {', '.join(k.upper() for k in sorted(from_file))} from {sidecar.name}")
         volume = read_volume(path)
-        _check_image(volume, path, series)
+        check_image(volume, path, series)
         volumes.append((volume, path))
     protocols = series_protocols(merged)  # every parameter check before any resampling
     grid = volumes[0][0]

@@ -29,8 +29,8 @@ from ..physics.protocols import Protocol
 from ..physics.routine import PARAMETER_NAMES, SERIES, parameter_vector
 from ..resources import resource_path
 
-__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "relaxation_from_outputs", "outputs_to_maps", "predict_maps", "estimate_maps",
-           "save_mapper", "load_mapper", "default_mapper_path"]
+__all__ = ["MapNet", "MAP_SCALE_MS", "series_scales", "network_input", "relaxation_from_outputs", "outputs_to_maps", "predict_maps", "predict_from_vector",
+           "on_model_grid", "out_of_memory", "estimate_maps", "save_mapper", "load_network", "load_mapper", "default_mapper_path"]
 
 MAP_SCALE_MS = (1000.0, 100.0)  # the network predicts log(T1 / 1000 ms) and log(T2 / 100 ms): both of order 1
 
@@ -57,7 +57,9 @@ class MapNet(nn.Module):
 
     Args:
         config: ``channels`` per level (e.g. ``[24, 48, 96, 192]``), ``context`` (slices per series: 1 for 2-D, 3
-            for 2.5-D), ``embedding`` (width of the protocol MLP; 0 = no parameter embedding).
+            for 2.5-D), ``embedding`` (width of the protocol MLP; 0 = no parameter embedding), ``series`` (input
+            series, default 3) and ``parameters`` (length of the protocol vector, default 7): re-parameterization's
+            physics engine is this network with one series and :func:`~SyntheticMRILib.physics.scans.scan_vector`.
 
     Examples:
         >>> net = MapNet({"channels": [8, 16], "context": 1, "embedding": 16})
@@ -72,9 +74,9 @@ class MapNet(nn.Module):
         self.config = dict(config)
         channels = [int(c) for c in self.config["channels"]]
         embedding = int(self.config.get("embedding", 0))
-        inputs = len(SERIES) * int(self.config.get("context", 1))
+        inputs = int(self.config.get("series", len(SERIES))) * int(self.config.get("context", 1))
         unit = dict(spatial_dims=2, subunits=2, norm="batch", act="prelu")
-        self.mlp = nn.Sequential(nn.Linear(len(PARAMETER_NAMES), embedding), nn.SiLU(), nn.Linear(embedding, embedding),
+        self.mlp = nn.Sequential(nn.Linear(int(self.config.get("parameters", len(PARAMETER_NAMES))), embedding), nn.SiLU(), nn.Linear(embedding, embedding),
                                  nn.SiLU()) if embedding else None
         self.down = nn.ModuleList()
         previous = inputs
@@ -141,7 +143,7 @@ def series_scales(images: np.ndarray) -> np.ndarray:
 
 
 def network_input(images: torch.Tensor, context: int) -> torch.Tensor:
-    """``[3, D, H, W]`` normalized series -> ``[D, 3 * context, H, W]``: each slice with its neighbours (edges
+    """``[S, D, H, W]`` normalized series -> ``[D, S * context, H, W]``: each slice with its neighbours (edges
     repeated), series-major."""
     if context == 1:
         return images.permute(1, 0, 2, 3)
@@ -149,21 +151,28 @@ def network_input(images: torch.Tensor, context: int) -> torch.Tensor:
     padded = torch.cat([images[:, :1]] * half + [images] + [images[:, -1:]] * half, dim=1)
     depth = images.shape[1]
     stacks = [padded[:, k:k + depth] for k in range(context)]  # each [3, D, H, W]
-    return torch.stack(stacks, dim=1).reshape(3 * context, depth, *images.shape[2:]).permute(1, 0, 2, 3)
+    return torch.stack(stacks, dim=1).reshape(len(images) * context, depth, *images.shape[2:]).permute(1, 0, 2, 3)
 
 
 # --------------------------------------------------------------------------- inference
 
 
-@torch.no_grad()
 def predict_maps(model: MapNet, images: np.ndarray, protocols: Mapping[str, Protocol], device: torch.device,
                  batch: int = 8, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[np.ndarray, ...]:
     """T1, T2 (ms) and PD ``[D, H, W]`` from the three series ``images`` ``[3, D, H, W]`` on the model grid."""
+    return predict_from_vector(model, images, parameter_vector(protocols), device, batch, progress)
+
+
+@torch.no_grad()
+def predict_from_vector(model: MapNet, images: np.ndarray, vector: Sequence[float], device: torch.device,
+                        batch: int = 8, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[np.ndarray, ...]:
+    """T1, T2 (ms) and PD ``[D, H, W]`` from series ``images`` ``[S, D, H, W]`` (model grid) whose protocols the
+    network is told as ``vector``."""
     model = model.to(device).eval()
     scales = series_scales(images)
     normalized = torch.from_numpy(np.asarray(images, np.float32) / scales[:, None, None, None])
     slices = network_input(normalized, model.context)
-    parameters = torch.tensor([parameter_vector(protocols)], dtype=torch.float32, device=device)
+    parameters = torch.tensor([list(vector)], dtype=torch.float32, device=device)
     depth, (h, w) = slices.shape[0], slices.shape[-2:]
     out = [np.zeros((depth, h, w), np.float32) for _ in range(3)]
     for start in range(0, depth, batch):
@@ -176,6 +185,24 @@ def predict_maps(model: MapNet, images: np.ndarray, protocols: Mapping[str, Prot
     return tuple(out)
 
 
+def on_model_grid(images: Sequence[Volume], run: Callable[[np.ndarray], Sequence[np.ndarray]],
+                  log: Callable[[str], None] = lambda _: None) -> Tuple[np.ndarray, ...]:
+    """``run(arrays)`` on the series (one grid) brought to the model's 1 mm axial grid, its outputs resampled
+    (linear) back onto the grid of ``images[0]``; ``run`` gets ``[S, D, H, W]`` float32 and returns ``[D, H, W]``s."""
+    grid = images[0]
+    reference = model_grid(grid)
+    if reference is None:
+        return tuple(run(np.stack([np.asarray(v.array, np.float32) for v in images])))
+    log(f"resampling from {np.round(grid.spacing, 3).tolist()} mm to the model's 1 mm axial grid and back")
+    arrays = np.stack([resample(v.with_array(np.asarray(v.array, np.float32)), reference) for v in images])
+    target = grid.with_array(np.zeros(grid.array.shape, np.float32))
+    return tuple(resample(reference.with_array(m), target) for m in run(arrays))
+
+
+def out_of_memory(device: torch.device) -> InputError:
+    return InputError(f"out of memory on {device}; try --device cpu")
+
+
 def estimate_maps(images: Sequence[Volume], protocols: Mapping[str, Protocol], model: Optional[MapNet] = None,
                   device: torch.device = torch.device("cpu"), progress: Optional[Callable[[int, int], None]] = None,
                   log: Callable[[str], None] = lambda _: None,
@@ -184,25 +211,15 @@ def estimate_maps(images: Sequence[Volume], protocols: Mapping[str, Protocol], m
     already share that grid (:func:`~SyntheticMRILib.io.series.load_series` resamples them); 0 where
     ``coverage`` (``RoutineSeries.coverage``) says a series has no data."""
     model = model if model is not None else load_mapper(device=device)
-    grid = images[0]
-    reference = model_grid(grid)
-    if reference is None:
-        arrays = np.stack([np.asarray(v.array, np.float32) for v in images])
-    else:
-        log(f"resampling the series from {np.round(grid.spacing, 3).tolist()} mm to the model's 1 mm axial grid and back")
-        arrays = np.stack([resample(v.with_array(np.asarray(v.array, np.float32)), reference) for v in images])
     start = time.perf_counter()
     try:
-        maps = predict_maps(model, arrays, protocols, device, progress=progress)
+        maps = on_model_grid(images, lambda arrays: predict_maps(model, arrays, protocols, device, progress=progress), log)
     except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError is torch >= 2.5 only
-        raise InputError(f"out of memory on {device}; try --device cpu") from None
+        raise out_of_memory(device) from None
     log(f"network {time.perf_counter() - start:.1f} s on {device}")
-    if reference is not None:
-        target = grid.with_array(np.zeros(grid.array.shape, np.float32))
-        maps = tuple(resample(reference.with_array(m), target) for m in maps)
     if coverage is not None:
         maps = tuple(np.where(coverage, m, 0) for m in maps)
-    return tuple(grid.with_array(np.ascontiguousarray(m, dtype=np.float32)) for m in maps)  # type: ignore[return-value]
+    return tuple(images[0].with_array(np.ascontiguousarray(m, dtype=np.float32)) for m in maps)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- files
@@ -222,15 +239,22 @@ def save_mapper(model: MapNet, path: PathLike, extra: Optional[Mapping[str, Any]
     return path
 
 
-def load_mapper(path: Optional[PathLike] = None, device: torch.device = torch.device("cpu")) -> MapNet:
-    """A model written by :func:`save_mapper` (default: the shipped one), in eval mode on ``device``."""
-    path = Path(path) if path is not None else default_mapper_path()
+def load_network(path: PathLike, build: Callable[[Mapping[str, Any]], nn.Module], what: str,
+                 device: torch.device = torch.device("cpu")) -> nn.Module:
+    """A network written by :func:`save_mapper`, rebuilt by ``build(config)``, in eval mode on ``device``;
+    ``what`` names it in the one-line errors."""
+    path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: map model file not found")
+        raise InputError(f"{path}: {what} file not found")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = MapNet(saved["config"])
+        model = build(saved["config"])
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()})
-    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise InputError(f"{path}: not a SyntheticMRI map model ({type(error).__name__})") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as error:
+        raise InputError(f"{path}: not a SyntheticMRI {what} ({type(error).__name__})") from None
     return model.to(device).eval()
+
+
+def load_mapper(path: Optional[PathLike] = None, device: torch.device = torch.device("cpu")) -> MapNet:
+    """A model written by :func:`save_mapper` (default: the shipped one), in eval mode on ``device``."""
+    return load_network(path if path is not None else default_mapper_path(), MapNet, "map model", device)  # type: ignore[return-value]

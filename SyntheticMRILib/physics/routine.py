@@ -16,7 +16,7 @@ from ..errors import InputError
 from .protocols import Protocol
 
 __all__ = ["SERIES", "SEQUENCE_OF", "RANGES_MS", "PARAMETER_NAMES", "series_protocols", "parameter_vector",
-           "draw_protocols", "outside_ranges", "describe_ranges"]
+           "draw_value", "draw_protocols", "outside_ranges", "describe_ranges"]
 
 SERIES = ("t1w", "t2w", "flair")
 SEQUENCE_OF = {"t1w": "se", "t2w": "se", "flair": "ir"}
@@ -60,7 +60,8 @@ def parameter_vector(protocols: Mapping[str, Protocol]) -> List[float]:
     return out
 
 
-def _draw(rng, low: float, high: float, outside: bool) -> float:
+def draw_value(rng, low: float, high: float, outside: bool = False) -> float:
+    """Log-uniform in [``low``, ``high``], or (``outside``) uniform up to 20 % beyond one end, either end even odds."""
     if not outside:
         return float(math.exp(rng.uniform(math.log(low), math.log(high))))
     if rng.random() < 0.5:
@@ -72,7 +73,7 @@ def draw_protocols(rng, outside: bool = False) -> Dict[str, Protocol]:
     """One protocol per series (``rng``: a ``numpy.random.Generator``), log-uniform in the training ranges, or with
     every value up to 20 % beyond one end (``outside``); redrawn until physically possible."""
     while True:
-        values = {s: {p: _draw(rng, *RANGES_MS[s][p], outside) for p in RANGES_MS[s]} for s in SERIES}
+        values = {s: {p: draw_value(rng, *RANGES_MS[s][p], outside) for p in RANGES_MS[s]} for s in SERIES}
         try:
             return series_protocols(values)
         except InputError:

@@ -48,7 +48,7 @@ from ..errors import InputError
 from ..io.labels import LABEL_TAG, TERMINOLOGY_CONTEXT, LabelEntry, label_entry, label_table
 from ..io.maps import Maps, prepare_maps
 from ..io.provenance import PROTOCOL_KEY, PROVENANCE_KEYS, SCALE_KEY, Provenance
-from .preview import on_grid, plane_voxels, synthesize_planes
+from .preview import on_grid, plane_voxels, render_planes, synthesize_planes
 from ..physics.protocols import Protocol
 from ..resources import resource_path, sample_paths
 from ..io.volumes import PathLike, Volume, check_output_file, read_volume
@@ -57,8 +57,8 @@ __all__ = [
     "volume_from_node", "node_from_volume", "maps_from_nodes", "segmentation_from_labels",
     "labels_from_segmentation", "save_scene", "load_scene", "write_scene_mrb", "load_sample",
     "create_scene", "label_table", "segment_tag", "LabelEntry", "node_stamps", "world_to_ijk", "slice_to_ras",
-    "slice_nodes_showing", "update_visible_slices", "volumes_table", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
-    "SCALE_ATTRIBUTE", "QuietVTK", "empty_volume_node", "remove_nodes", "rewindow", "show_slices_in_3d",
+    "slice_nodes_showing", "update_visible_slices", "update_visible_reparam", "volumes_table", "node_from_contrast", "PROTOCOL_ATTRIBUTE", "AUTO_NAME_ATTRIBUTE",
+    "SCALE_ATTRIBUTE", "SOURCE_ATTRIBUTE", "QuietVTK", "empty_volume_node", "remove_nodes", "rewindow", "show_slices_in_3d",
     "structure_rows", "contrast_provenance", "show_surfaces_in_3d",
 ]
 
@@ -69,6 +69,9 @@ __all__ = [
 # contrast until the user renames it.
 PROTOCOL_ATTRIBUTE = PROTOCOL_KEY
 AUTO_NAME_ATTRIBUTE = "SyntheticMRI.AutoName"
+# A re-parameterized scan's node: what it was made from ("<scan>: se TR 500 TE 10, physics engine"), beside the
+# target's provenance; a contrast synthesized from maps has none.
+SOURCE_ATTRIBUTE = "SyntheticMRI.ReparameterizedFrom"
 # Stored int16 voxels stand for float values int16 * scale (the attribute's text, a Python float repr), as the
 # header field of the same name in a file.
 SCALE_ATTRIBUTE = SCALE_KEY
@@ -371,11 +374,13 @@ def node_from_volume(volume: Volume, name: str, node: Optional[slicer.vtkMRMLSca
 def node_from_contrast(volume: Volume, protocol: Protocol, node: Optional[slicer.vtkMRMLScalarVolumeNode] = None,
                        name: Optional[str] = None,
                        scene: Optional[slicer.vtkMRMLScene] = None,
-                       provenance: Optional[Provenance] = None) -> slicer.vtkMRMLScalarVolumeNode:
+                       provenance: Optional[Provenance] = None,
+                       source: Optional[str] = None) -> slicer.vtkMRMLScalarVolumeNode:
     """A synthetic contrast: ``volume``, made with ``protocol``, into ``node`` (a new node when None), which records
     its provenance as attributes (:meth:`Provenance.fields <SyntheticMRILib.io.provenance.Provenance.fields>`: the
     sequence, each parameter, the protocol in one line as ``PROTOCOL_ATTRIBUTE``, the version; ``provenance``
     adds the preset's name and tissue table). Attributes of an earlier contrast in ``node`` are replaced.
+    ``source``: what a re-parameterized scan was made from (``SOURCE_ATTRIBUTE``; None for a synthetic contrast).
 
     A node named here (or an empty one, fresh from "Create new volume") follows the contrast, "Synthetic T1w" ->
     "Synthetic STIR": it takes ``name``, by default "Synthetic" and the sequence. A node the user (re)named keeps
@@ -389,8 +394,10 @@ def node_from_contrast(volume: Volume, protocol: Protocol, node: Optional[slicer
         name = f"Synthetic {protocol.sequence.upper()}"
     node = node_from_volume(volume, name, node=node, scene=scene)
     node.SetAttribute(AUTO_NAME_ATTRIBUTE, node.GetName() if auto_name else "")
-    for key in PROVENANCE_KEYS:  # e.g. no TI left from an IR when the node now holds a spin echo
+    for key in (*PROVENANCE_KEYS, SOURCE_ATTRIBUTE):  # e.g. no TI left from an IR when the node now holds a spin echo
         node.RemoveAttribute(key)
+    if source is not None:
+        node.SetAttribute(SOURCE_ATTRIBUTE, source)
     for key, value in (provenance or Provenance(protocol)).fields().items():
         node.SetAttribute(key, value)
     return node
@@ -454,6 +461,32 @@ def slice_nodes_showing(volume_node: slicer.vtkMRMLVolumeNode) -> List[slicer.vt
     return found
 
 
+def _visible_planes(grid: Volume, output_node: slicer.vtkMRMLScalarVolumeNode,
+                    slice_nodes: Optional[Sequence[slicer.vtkMRMLSliceNode]]):
+    """``(voxels, planes)`` of a live preview into ``output_node``: a writeable view of its voxels and the planes
+    (:func:`~SyntheticMRILib.slicer.preview.plane_voxels`) of ``slice_nodes`` (default: :func:`slice_nodes_showing`);
+    None when the output cannot take one: no float voxels (e.g. a contrast stored as scaled int16, whose signal
+    values would be truncated) or not on ``grid``."""
+    image = output_node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None or image.GetNumberOfScalarComponents() != 1:
+        return None
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
+    if array.dtype.kind != "f" or output_node.GetAttribute(SCALE_ATTRIBUTE) is not None:
+        return None
+    ras_to_ijk = world_to_ijk(output_node)
+    if image.GetExtent()[0::2] != (0, 0, 0) or not on_grid(ras_to_ijk, array.shape, grid):
+        return None
+    if slice_nodes is None:
+        slice_nodes = slice_nodes_showing(output_node)
+    return array, [plane_voxels(slice_to_ras(node), ras_to_ijk, array.shape) for node in slice_nodes]
+
+
+def _voxels_modified(output_node: slicer.vtkMRMLScalarVolumeNode) -> None:
+    output_node.GetImageData().GetPointData().GetScalars().Modified()
+    output_node.GetImageData().Modified()
+    output_node.Modified()
+
+
 def update_visible_slices(maps: Maps, tensors: Sequence, protocol: Protocol, output_node: slicer.vtkMRMLScalarVolumeNode,
                           slice_nodes: Optional[Sequence[slicer.vtkMRMLSliceNode]] = None) -> int:
     """The live preview: synthesize ``protocol`` into ``output_node`` in place, only where slice views show it.
@@ -464,24 +497,28 @@ def update_visible_slices(maps: Maps, tensors: Sequence, protocol: Protocol, out
     ``slice_nodes`` default to :func:`slice_nodes_showing`. Returns how many views were updated; the voxels of
     each come from :func:`~SyntheticMRILib.slicer.preview.synthesize_planes`.
     """
-    image = output_node.GetImageData()
-    if image is None or image.GetPointData().GetScalars() is None or image.GetNumberOfScalarComponents() != 1:
+    found = _visible_planes(maps.grid, output_node, slice_nodes)
+    if found is None:
         return 0
-    scalars = image.GetPointData().GetScalars()
-    array = numpy_support.vtk_to_numpy(scalars).reshape(image.GetDimensions()[::-1])  # a view: writes go to the node
-    if array.dtype.kind != "f" or output_node.GetAttribute(SCALE_ATTRIBUTE) is not None:
-        return 0  # e.g. a contrast stored as scaled int16 in a scene file: signal values would be truncated
-    ras_to_ijk = world_to_ijk(output_node)
-    if image.GetExtent()[0::2] != (0, 0, 0) or not on_grid(ras_to_ijk, array.shape, maps.grid):
-        return 0
-    if slice_nodes is None:
-        slice_nodes = slice_nodes_showing(output_node)
-    planes = [plane_voxels(slice_to_ras(node), ras_to_ijk, array.shape) for node in slice_nodes]
-    updated = synthesize_planes(*tensors, protocol, planes, array)
+    updated = synthesize_planes(*tensors, protocol, found[1], found[0])
     if updated:
-        scalars.Modified()
-        image.Modified()
-        output_node.Modified()
+        _voxels_modified(output_node)
+    return updated
+
+
+def update_visible_reparam(scan_maps, target: Protocol, output_node: slicer.vtkMRMLScalarVolumeNode,
+                           slice_nodes: Optional[Sequence[slicer.vtkMRMLSliceNode]] = None) -> int:
+    """The live preview of a re-parameterized scan: ``scan_maps`` (a :class:`~SyntheticMRILib.models.reparam.ScanMaps`)
+    rendered at ``target`` into ``output_node`` in place, only where slice views show it (``slice_nodes``, default
+    :func:`slice_nodes_showing`), with :func:`~SyntheticMRILib.slicer.preview.render_planes`. The output must lie
+    on the scan's grid with float voxels, as after a whole-volume render into it; otherwise nothing is written.
+    Returns how many views were updated."""
+    found = _visible_planes(scan_maps.image, output_node, slice_nodes)
+    if found is None:
+        return 0
+    updated = render_planes(scan_maps, target, found[1], found[0])
+    if updated:
+        _voxels_modified(output_node)
     return updated
 
 

@@ -4,8 +4,11 @@ Usable from the Slicer Python console (``SyntheticMRI.SyntheticMRILogic()``), th
 widget, and tests. Importing it imports neither torch nor MRML: the bridge
 (:mod:`SyntheticMRILib.slicer.bridge`), the preview and the physics load on first
 use, after :meth:`SyntheticMRILogic.ensureDependencies`. Synthesis of one volume
-is sub-second and runs in process; segmentation, the learned contrasts and the maps
-estimated from routine scans run in a PythonSlicer child (:mod:`SyntheticMRILib.jobs`).
+is sub-second and runs in process; segmentation, the learned contrasts, the maps
+estimated from routine scans and the networks of re-parameterization run in a PythonSlicer child
+(:mod:`SyntheticMRILib.jobs`). Re-parameterization's physics engine predicts a scan's maps once in a child
+(:meth:`SyntheticMRILogic.predictScanMaps`); every target is then the physics layer alone, in process
+(:meth:`SyntheticMRILogic.reparameterizeScan`, :meth:`SyntheticMRILogic.updateVisibleReparam`).
 """
 from __future__ import annotations
 
@@ -14,16 +17,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from .. import jobs
+from ..errors import InputError
+from ..io.dicom_tags import DICOM_TAGS, first_number, protocol_from_tags
 from ..io.maps import MAP_NAMES
-from ..io.provenance import PARAMETER_KEYS, PROTOCOL_KEY
+from ..io.provenance import PARAMETER_KEYS, PROTOCOL_KEY, SEQUENCE_KEY
 from ..physics.protocols import PRESETS, Protocol, contrast_description, preset, protocol_from_values
 from ..physics.routine import RANGES_MS, SERIES
+from ..physics.scans import SCAN_SEQUENCES, check_scan
 from . import install
 
-__all__ = ["SyntheticMRILogic", "CUSTOM_CONTRASTS", "CONTRASTS", "sequence_of", "custom_contrast_of"]
+if TYPE_CHECKING:  # annotations only: it imports torch
+    from ..models.reparam import ScanMaps
+
+__all__ = ["SyntheticMRILogic", "CUSTOM_CONTRASTS", "CONTRASTS", "sequence_of", "custom_contrast_of", "reparamName",
+           "reparamSource"]
 
 # The GUI's contrast list: the presets, then a custom entry per sequence.
 CUSTOM_CONTRASTS = {
@@ -32,7 +42,7 @@ CUSTOM_CONTRASTS = {
 }
 CONTRASTS = tuple(PRESETS) + tuple(CUSTOM_CONTRASTS)
 PROTOCOL_ATTRIBUTE = PROTOCOL_KEY  # the node attribute of a synthesized volume (the bridge sets it)
-DICOM_TAGS = {"tr": "0018,0080", "te": "0018,0081", "ti": "0018,0082"}  # RepetitionTime, EchoTime, InversionTime (ms)
+SOURCE_ATTRIBUTE = "SyntheticMRI.ReparameterizedFrom"  # and what a re-parameterized scan was made from (the bridge's)
 ESTIMATED_MAP_NAMES = tuple(f"{name.upper()} map (estimated)" for name in MAP_NAMES)
 
 
@@ -221,8 +231,8 @@ class SyntheticMRILogic:
             return {}
         names, uids = RANGES_MS[series], (node.GetAttribute("DICOM.instanceUIDs") or "").split()
         found = _dicomValues(uids[0]) if uids else {name: node.GetAttribute(PARAMETER_KEYS[name]) for name in names}
-        values = {name: _number(found.get(name)) for name in names}
-        return {name: value for name, value in values.items() if value > 0}
+        values = {name: first_number(found.get(name)) for name in names}
+        return {name: value for name, value in values.items() if value is not None}
 
     @staticmethod
     def removeJobFolder(folder: str) -> None:
@@ -248,6 +258,148 @@ class SyntheticMRILogic:
         finally:
             self.removeJobFolder(folder)
 
+    # ------------------------------------------------------------------ re-parameterization: the scan's protocol (no torch needed)
+    @staticmethod
+    def scanProtocol(sequence: str, tr: float, te: float, ti: Optional[float] = None) -> Protocol:
+        """The validated protocol of a weighted scan ("se" or "ir", ms; an SE's TI is dropped); InputError, in one
+        line, for a missing value (0 or None: not known), TE >= TR and the like."""
+        sequence = str(sequence).lower()
+        names = ("tr", "te", "ti") if sequence == "ir" else ("tr", "te")
+        given = dict(tr=tr, te=te, ti=ti)
+        missing = [name.upper() for name in names if not given[name] or given[name] <= 0]
+        if sequence not in SCAN_SEQUENCES:
+            raise InputError(f"the scan's sequence {sequence!r} is not one re-parameterization reads; choose "
+                             f"{' or '.join(s.upper() for s in SCAN_SEQUENCES)}")
+        if missing:
+            raise InputError(f"enter the scan's {', '.join(missing)} (ms)")
+        return check_scan(Protocol(sequence, *(float(given[name]) for name in names)), "the scan")
+
+    @classmethod
+    def _asScanProtocol(cls, protocol: Union[Protocol, Mapping[str, object]]) -> Protocol:
+        """A Protocol checked as a scan's, or one from ``{"sequence", "tr", "te"[, "ti"]}`` (e.g. :meth:`protocolFromDicom`)."""
+        if isinstance(protocol, Protocol):
+            return check_scan(protocol, "the scan")
+        if not protocol:
+            raise InputError("the scan's protocol is not known; give its sequence, TR and TE (ms)")
+        return cls.scanProtocol(str(protocol.get("sequence", "")), *(protocol.get(name) for name in ("tr", "te", "ti")))
+
+    @staticmethod
+    def protocolFromDicom(node) -> Dict[str, object]:
+        """The scan's sequence ("se" or "ir") and TR/TE/TI (ms) from the DICOM header of the node's first instance
+        (:func:`~SyntheticMRILib.io.dicom_tags.protocol_from_tags`); {} for a volume not loaded from DICOM.
+        InputError for a gradient-echo scan."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split() if node is not None else []
+        return protocol_from_tags(_dicomValues(uids[0])) if uids else {}
+
+    @classmethod
+    def scanProtocolOfNode(cls, node) -> Tuple[Dict[str, object], str]:
+        """``(values, where)``: the scan's sequence and TR/TE/TI as far as known, from the DICOM header
+        (``where`` "DICOM header"), else from the provenance of an SE or IR contrast made here ("volume's provenance");
+        ``({}, "")`` for any other volume. InputError for a gradient-echo DICOM scan."""
+        if node is None:
+            return {}, ""
+        values = cls.protocolFromDicom(node)
+        if values:
+            return values, "DICOM header"
+        sequence = node.GetAttribute(SEQUENCE_KEY)
+        if sequence not in SCAN_SEQUENCES:
+            return {}, ""
+        times = {name: first_number(node.GetAttribute(PARAMETER_KEYS[name])) for name in ("tr", "te", "ti")}
+        return {"sequence": sequence, **{k: v for k, v in times.items() if v is not None}}, "volume's provenance"
+
+    # ------------------------------------------------------------------ the child: maps (physics) or an image (direct)
+    def reparamJob(self, inputNode, protocol: Union[Protocol, Mapping[str, object]], device: str = "auto", model: Optional[str] = None,
+                   engine: str = "physics", target: Optional[Protocol] = None,
+                   temporaryPath: Optional[str] = None) -> Tuple[str, List[str]]:
+        """Write the scan into a new temporary folder; return it and the argv of a ``reparam`` child
+        (:func:`SyntheticMRILib.jobs.reparam_job`): the physics engine keeps its maps there (``target`` None: the
+        input protocol), the direct engine writes ``target``'s image. Nothing is written for a bad protocol."""
+        protocol = self._asScanProtocol(protocol)
+        if engine == "direct":
+            if target is None:
+                raise InputError("the direct engine needs a target protocol")
+            check_scan(target, "the target (the direct engine makes SE and IR only; the physics engine makes any)")
+        folder = self._jobFolder((inputNode,), (jobs.REPARAM_INPUT,), temporaryPath)
+        return folder, jobs.reparam_job(jobs.slicer_python(), folder, protocol, device, model, engine,
+                                        None if target is None else target.validate())
+
+    @staticmethod
+    def loadScanMaps(folder: str, inputNode) -> "ScanMaps":
+        """The physics engine's maps that a ``reparam`` child kept in ``folder``, with the scan ``inputNode``."""
+        from ..models.reparam import ScanMaps
+
+        return ScanMaps.load(Path(folder) / jobs.SCAN_MAPS_FOLDER, _bridge().volume_from_node(inputNode))
+
+    def loadReparamResult(self, folder: str, target: Union[str, Protocol], inputNode, outputNode=None,
+                          name: Optional[str] = None, source: Optional[str] = None):
+        """The image a direct-engine ``reparam`` child wrote into ``folder``, at ``target`` (a preset name or a
+        Protocol), into ``outputNode`` (a new node when None, in the scan's scene) with its provenance, on exactly
+        the grid of the scan ``inputNode`` (the file's header rounds it); returns the node."""
+        from ..io.volumes import read_volume
+
+        protocol, provenance = _targetProvenance(target)
+        bridge, result = _bridge(), read_volume(Path(folder) / jobs.REPARAM_RESULT)
+        scan = bridge.volume_from_node(inputNode)
+        if not result.same_grid(scan):
+            raise InputError(f"{inputNode.GetName()}: the re-parameterized scan is not on its grid")
+        return bridge.node_from_contrast(scan.with_array(result.array), protocol, node=outputNode,
+                                         name=name or reparamName(target, inputNode.GetName()), scene=inputNode.GetScene(),
+                                         provenance=provenance, source=source)
+
+    def predictScanMaps(self, inputNode, protocol: Union[Protocol, Mapping[str, object]], device: str = "auto",
+                        model: Optional[str] = None) -> "ScanMaps":
+        """Console use: the physics engine's maps of the scan ``inputNode`` acquired at ``protocol`` (SE or IR, ms; a
+        Protocol, or a dict as :meth:`protocolFromDicom` gives), predicted in a child process, waiting; render any
+        target from them with :meth:`reparameterizeScan`."""
+        folder, argv = self.reparamJob(inputNode, protocol, device, model)
+        try:
+            _runToEnd(argv, "reparam")
+            return self.loadScanMaps(folder, inputNode)
+        finally:
+            self.removeJobFolder(folder)
+
+    # ------------------------------------------------------------------ the physics layer, in process
+    def reparameterizeScan(self, scanMaps: "ScanMaps", target: Union[str, Protocol], outputNode=None,
+                           name: Optional[str] = None, source: Optional[str] = None, scene=None):
+        """The whole scan at ``target`` (a preset name or a Protocol) from its maps, on the scan's grid, into
+        ``outputNode`` (a new node when None, in ``scene``, default Slicer's), which records the target's provenance
+        and ``source`` (what it was made from); returns the node."""
+        protocol, provenance = _targetProvenance(target)
+        start = time.perf_counter()
+        array = scanMaps.render(protocol)
+        self.lastDuration = time.perf_counter() - start
+        return _bridge().node_from_contrast(scanMaps.image.with_array(array), protocol, node=outputNode,
+                                            name=name or reparamName(target), scene=scene, provenance=provenance,
+                                            source=source if source is not None else reparamSource(scanMaps.protocol))
+
+    @staticmethod
+    def updateVisibleReparam(scanMaps: "ScanMaps", target: Union[str, Protocol], outputNode, sliceNodes=None) -> int:
+        """Render, in place, only the voxels of ``outputNode`` (rendered before, on the scan's grid) that the
+        ``sliceNodes`` show (default: the views showing it); returns how many views (see ``preview.render_planes``)."""
+        return _bridge().update_visible_reparam(scanMaps, _targetProvenance(target)[0], outputNode, sliceNodes)
+
+
+def reparamName(target: Union[str, Protocol], scan: Optional[str] = None) -> str:
+    """The name of a re-parameterized scan: "<scan> as T2-FLAIR" (a preset, or any label) or "... as IR TR 9000 TE
+    90 TI 2500" (a Protocol)."""
+    label = target if isinstance(target, str) else f"{target.sequence.upper()} {target.caption()}"
+    return f"{scan or 'Scan'} as {label}"
+
+
+def reparamSource(protocol: Protocol, scan: Optional[str] = None, engine: str = "physics") -> str:
+    """What a re-parameterized scan was made from, for its ``SyntheticMRI.ReparameterizedFrom`` attribute."""
+    return f"{scan + ': ' if scan else ''}{protocol.sequence} {protocol.caption()}, {engine} engine"
+
+
+def _targetProvenance(target: Union[str, Protocol]):
+    """The validated Protocol of a target (a preset name or a Protocol) and its provenance (a preset's keeps its name)."""
+    from ..io.provenance import Provenance
+
+    if isinstance(target, str):
+        found = preset(target)
+        return found.protocol, Provenance.of_preset(found)
+    return target.validate(), Provenance(target)
+
 
 def _runToEnd(argv: List[str], command: str) -> None:
     """Run a child and wait; RuntimeError with its one-line error when it fails."""
@@ -256,23 +408,16 @@ def _runToEnd(argv: List[str], command: str) -> None:
         raise RuntimeError(jobs.error_line(stderr) or f"{command} failed (exit code {code})")
 
 
-def _number(text: Optional[str]) -> float:
-    """``text`` as a number; 0 (unknown) when absent or not a number."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return 0.0
-
-
 def _dicomValues(uid: str) -> Dict[str, str]:
-    """TR/TE/TI (ms, as text; "" when absent) in the header of the DICOM instance ``uid``, from Slicer's database."""
+    """TR/TE/TI (ms) and ScanningSequence, as text ("" when absent; several values joined by backslashes), in the
+    header of the DICOM instance ``uid``, from Slicer's database (:data:`~SyntheticMRILib.io.dicom_tags.DICOM_TAGS`)."""
     import slicer
 
     database = getattr(slicer, "dicomDatabase", None)
     if database is None:
         return {}
     path = database.fileForInstance(uid)
-    return {name: database.fileValue(path, tag).split("\\")[0] for name, tag in DICOM_TAGS.items()}
+    return {name: database.fileValue(path, tag) for name, tag in DICOM_TAGS.items()}
 
 
 # --------------------------------------------------------------------------- Slicer's defaults

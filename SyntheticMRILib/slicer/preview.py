@@ -9,15 +9,18 @@ voxels from the maps, runs them through the physics layer's no-gradient path
 output array in place.
 A view aligned with the grid costs one voxel slice; an oblique view a few per
 column. :class:`MapCache` keeps the maps of the last inputs on the device, so a
-slider move converts nothing.
+slider move converts nothing. :func:`render_planes` does the same for a re-parameterized scan: the voxels
+of the planes go through :meth:`~SyntheticMRILib.models.reparam.ScanMaps.render` (the physics layer and the
+carried residual), nothing else.
 
 Nothing here touches MRML: matrices and arrays come in, the bridge
 (:mod:`SyntheticMRILib.slicer.bridge`) reads them from nodes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Callable, Hashable, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,7 +31,10 @@ from ..physics.protocols import Protocol
 from ..physics.synthesis import synthesize_volume
 from ..io.volumes import Volume
 
-__all__ = ["PlaneVoxels", "plane_voxels", "synthesize_planes", "on_grid", "MapCache"]
+if TYPE_CHECKING:  # annotations only: the model module loads the networks' code
+    from ..models.reparam import ScanMaps
+
+__all__ = ["PlaneVoxels", "plane_voxels", "synthesize_planes", "render_planes", "on_grid", "MapCache"]
 
 ArrayLike = Union[np.ndarray, Sequence[Sequence[float]]]
 MapArray = Union[np.ndarray, torch.Tensor]
@@ -167,6 +173,39 @@ def synthesize_planes(
                 target.narrow(plane.axis, single, 1).copy_(values)
             else:
                 target.scatter_(plane.axis, torch.from_numpy(plane.indices), values)
+    return len(found)
+
+
+def render_planes(scan_maps: "ScanMaps", target: Protocol, planes: Iterable[Optional[PlaneVoxels]],
+                  out: np.ndarray) -> int:
+    """Write into ``out`` (the caller's writeable array on the scan's grid), in place, the re-parameterized scan at
+    ``target`` at the voxels of ``planes`` (None entries skipped); every other voxel is left untouched, and those
+    written hold what ``scan_maps.render(target)`` gives there. The voxels of all planes are gathered from the maps
+    and the input into one small scan, rendered in one call. Returns how many planes were written."""
+    if not isinstance(out, np.ndarray) or not out.flags.writeable:
+        raise TypeError(f"out must be a writeable numpy array, got {type(out).__name__}")
+    grid = scan_maps.image
+    if out.shape != grid.array.shape:
+        raise ValueError(f"the scan has shape {grid.array.shape}, the output {out.shape}")
+    if any(np.may_share_memory(array, out) for array in (grid.array, *scan_maps.maps)):
+        raise ValueError("the output array must not be the scan or one of its maps")
+    found = [plane for plane in planes if plane is not None]
+    if not found:
+        return 0
+
+    def gathered(array: np.ndarray) -> np.ndarray:  # the planes' voxels side by side, as a 1 x 1 x N volume
+        parts = [np.take_along_axis(array, plane.indices, plane.axis).ravel() for plane in found]
+        return np.concatenate(parts)[np.newaxis, np.newaxis]
+
+    voxels = dataclasses.replace(scan_maps, image=dataclasses.replace(grid, array=gathered(grid.array)),
+                                 maps=tuple(gathered(m) for m in scan_maps.maps))
+    values = voxels.render(target).ravel()
+    start = 0
+    for plane in found:
+        stop = start + plane.indices.size
+        np.put_along_axis(out, plane.indices, values[start:stop].reshape(plane.indices.shape).astype(out.dtype, copy=False),
+                          plane.axis)
+        start = stop
     return len(found)
 
 

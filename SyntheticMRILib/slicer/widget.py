@@ -3,7 +3,9 @@
 ``SyntheticMRI/SyntheticMRI.py`` embeds it. The selectors, combo boxes and check
 boxes are bound with the parameter node wrapper's ``connectParametersToGui``
 (:data:`BINDINGS`); the sliders are driven here, since their bounds move with TR
-and TI (:func:`SyntheticMRILib.physics.protocols.parameter_bounds`).
+and TI (:func:`SyntheticMRILib.physics.protocols.parameter_bounds`). The section
+"Re-parameterize a scan" is the mixin
+:class:`SyntheticMRILib.slicer.reparam_section.ReparamSection`.
 
 What real Slicer does, and why the code below is as it is (read in Slicer 5.8.1 and 5.10):
 
@@ -35,8 +37,10 @@ from ..physics.protocols import (PARAMETERS, PRESETS, RANGES, SEQUENCES, START_C
 from ..physics.routine import RANGES_MS, SERIES
 from .logic import CONTRASTS, PROTOCOL_ATTRIBUTE, custom_contrast_of, sequence_of
 from .process import ChildJob
+from .reparam_section import REPARAM_SLIDERS, REPARAM_SPIN_BOXES, ReparamSection, disableKeyboardTracking
 
-__all__ = ["SyntheticMRIParameterNode", "SyntheticMRIWidget", "BINDINGS", "SLIDERS"]
+__all__ = ["SyntheticMRIParameterNode", "SyntheticMRIWidget", "BINDINGS", "SLIDERS", "REPARAM_SLIDERS",
+           "REPARAM_SPIN_BOXES"]
 
 
 @parameterNodeWrapper
@@ -71,13 +75,7 @@ OPTIONAL_SLIDERS = ("ti", "ti2", "flip")  # shown only for the sequences that ta
 SERIES_LABELS = {"t1w": "T1w", "t2w": "T2w", "flair": "T2-FLAIR"}  # the routine series, as the section names them
 
 
-def disableKeyboardTracking(slider) -> None:
-    """A value typed into a slider's spin box counts once, on Enter or focus out (see the module notes)."""
-    for spinBox in slider.findChildren(qt.QDoubleSpinBox):
-        spinBox.keyboardTracking = False
-
-
-class SyntheticMRIWidget(VTKObservationMixin):
+class SyntheticMRIWidget(ReparamSection, VTKObservationMixin):
     """The GUI over ``logic`` (a :class:`SyntheticMRILib.slicer.logic.SyntheticMRILogic` with
     ``getParameterNode()``); ``ui`` holds the .ui's named widgets (``slicer.util.childWidgetVariables``)."""
 
@@ -123,11 +121,13 @@ class SyntheticMRIWidget(VTKObservationMixin):
                              lambda node, series=series: self.onSeriesChanged(series, node))
         ui.routineMapsButton.connect("clicked(bool)", self.onRoutineMaps)
         ui.routineCancelButton.connect("clicked(bool)", lambda: self._mapsJob and self._mapsJob.cancel())
+        self._setUpReparam()
         self._updateBatchButtons()
         self._updateMapsJobButtons()
         # Zero-interval single-shot timers coalesce a burst of events into one computation.
-        self._previewTimer, self._updateTimer = qt.QTimer(), qt.QTimer()
-        for timer, callback in ((self._previewTimer, self._runPreview), (self._updateTimer, self._synthesizeVolume)):
+        self._previewTimer, self._updateTimer, self._reparamTimer = qt.QTimer(), qt.QTimer(), qt.QTimer()
+        for timer, callback in ((self._previewTimer, self._runPreview), (self._updateTimer, self._synthesizeVolume),
+                                (self._reparamTimer, self._runReparamPreview)):
             timer.setSingleShot(True)
             timer.setInterval(0)
             timer.connect("timeout()", callback)
@@ -147,6 +147,7 @@ class SyntheticMRIWidget(VTKObservationMixin):
     def cleanup(self) -> None:
         self._previewTimer.stop()
         self._updateTimer.stop()
+        self._reparamTimer.stop()
         for job in (self._batchJob, self._mapsJob):  # module reloaded or Slicer closing
             if job is not None:
                 job.kill()
@@ -156,6 +157,7 @@ class SyntheticMRIWidget(VTKObservationMixin):
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.setParameterNode(None)
         self.logic.clearCache()
+        self._scanMaps = self._scanMapsKey = None  # their scan leaves with the scene
 
     def onSceneEndClose(self, caller=None, event=None) -> None:
         if self._entered:  # the module is shown: a fresh node for the new scene
@@ -214,11 +216,11 @@ class SyntheticMRIWidget(VTKObservationMixin):
         self.ui.applyButton.enabled = problem is None
         self.ui.applyButton.toolTip = problem or _("Synthesize the whole volume with the current contrast.")
 
-    def _showSliders(self, values: Dict[str, float], sequence: str) -> None:
+    def _showSliders(self, values: Dict[str, float], sequence: str, sliders: Optional[dict] = None) -> None:
         """Bounds first (those of ``sequence``: every value inside makes a valid protocol), then values, signals
-        blocked: nothing writes back, nothing is clipped by stale bounds."""
+        blocked: nothing writes back, nothing is clipped by stale bounds. ``sliders``: the synthesis section's by default."""
         bounds = parameter_bounds(values["tr"], values["ti"], sequence)
-        for name, slider in self._sliders.items():
+        for name, slider in (sliders or self._sliders).items():
             wasBlocked = slider.blockSignals(True)
             slider.minimum, slider.maximum = bounds[name]
             slider.value = values[name]
@@ -393,12 +395,15 @@ class SyntheticMRIWidget(VTKObservationMixin):
 
     # ------------------------------------------------------------------ segmentation and learned contrasts, out of process
     def _updateMapsJobButtons(self) -> None:
-        """One maps job at a time (segmentation, learned contrasts or maps from routine scans): each is a process
-        holding a network; Cancel is offered in the section of the one running."""
+        """One maps job at a time (segmentation, learned contrasts, maps from routine scans or re-parameterization):
+        each is a process holding a network; Cancel is offered in the section of the one running."""
         ui, job = self.ui, self._mapsJob
         ui.segmentButton.enabled = ui.learnedContrastButton.enabled = ui.routineMapsButton.enabled = job is None
+        ui.reparamApplyButton.enabled = job is None
+        ui.reparamPredictButton.enabled = job is None and self._reparamEngine() == "physics"  # the direct engine has no maps
         ui.segmentationCancelButton.enabled = job is not None and job.progressBar is ui.segmentationProgressBar
         ui.routineCancelButton.enabled = job is not None and job.progressBar is ui.routineProgressBar
+        ui.reparamCancelButton.enabled = job is not None and job.progressBar is ui.reparamProgressBar
 
     def onMapsJob(self, command: str) -> None:
         """``segment`` or ``contrast`` (the learned contrasts) on the input maps, in a PythonSlicer process."""

@@ -1,11 +1,12 @@
-"""The training recipes of the segmenter and of the map estimator, and their variants: plain data, no torch, so the command line can show
+"""The training recipes of the segmenter, the map estimator and re-parameterization, and their variants: plain data, no torch, so the command line can show
 the defaults without loading the training stack."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Tuple
 
-__all__ = ["TrainConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict", "MapTrainConfig", "MAP_VARIANTS"]
+__all__ = ["TrainConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict", "MapTrainConfig", "MAP_VARIANTS", "REPARAM_ENGINES",
+           "DIRECT_MODES", "ReparamTrainConfig"]
 
 VARIANTS = ("learned", "fixed", "maps", "random")
 
@@ -59,5 +60,28 @@ class MapTrainConfig:
     physics_weight: float = 0.5
     channels: Tuple[int, ...] = (16, 32, 64, 128)
     embedding: int = 64
+    evaluations: int = 6
+    seed: int = 0
+
+
+REPARAM_ENGINES = ("physics", "direct")
+DIRECT_MODES = ("default", "param")  # the direct engine's two models: input always at SE 4500/50, or any input
+
+
+@dataclass
+class ReparamTrainConfig:
+    """The recipe of both re-parameterization engines (same data draws, steps and batch)."""
+
+    steps: int = 3000
+    batch: int = 8
+    crop: int = 96
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    physics_weight: float = 0.5  # the re-synthesized input must match the input (physics engine)
+    target_weight: float = 1.0  # the re-synthesized target must match the target (physics engine)
+    channels: Tuple[int, ...] = (16, 32, 64, 128)  # physics engine (a MapNet)
+    embedding: int = 64
+    direct_channels: Tuple[int, ...] = (24, 48, 96, 192, 192)  # 5 stride-2 levels: a 96-px crop ends at 3x3
+    direct_range: float = 10.0  # the direct engine's output ceiling, in medians of the input over the head
     evaluations: int = 6
     seed: int = 0

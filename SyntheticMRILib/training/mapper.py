@@ -20,7 +20,6 @@ writes ``OUT/<variant>.pt``, ``OUT/maps.pt`` (the variant that wins on ``val``),
 from __future__ import annotations
 
 import json
-import math
 import time
 import zlib
 from dataclasses import asdict
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import MAP_VARIANTS, MapTrainConfig
+from .loop import loss_figure, train_network
 from .map_metrics import brain_mask, map_scores, mean_scores
 from .routine import Acquisition, RandomTissueValues, RoutineBank, acquire
 from ..errors import InputError
@@ -73,7 +73,7 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
     if physics_weight > 0:
         terms = []
         for b, protocol in enumerate(protocols):
-            for n, name in enumerate(SERIES):
+            for n, name in enumerate(protocol):  # the series in input order
                 x = inputs[b, n * context + context // 2]
                 s = synthesize(p1[b], p2[b], pd_pred[b], protocol[name])
                 m = weight[b]
@@ -85,85 +85,29 @@ def map_loss(out: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, pro
     return loss, parts
 
 
-def _check_resumable(saved: Dict[str, Any], config: MapTrainConfig, step: int, checkpoint: Path) -> None:
-    """A checkpoint continues only the run it belongs to: the same recipe, at most a longer one."""
-    now = asdict(config)
-    changed = [k for k in now if k not in ("steps", "evaluations") and saved.get(k) != now[k]
-               and not (isinstance(now[k], tuple) and list(now[k]) == saved.get(k))]
-    if changed:
-        raise InputError(f"{checkpoint} was trained with another recipe ({', '.join(f'{k} {saved.get(k)}' for k in changed)});"
-                         " choose another -o or pass --overwrite to start over")
-    if config.steps < step:
-        raise InputError(f"{checkpoint} is at step {step}, past --steps {config.steps}; choose another -o or --overwrite")
-
-
-def learning_rate(step: int, config: MapTrainConfig) -> float:
-    """Linear warm-up over the first 5 % of the steps, then a cosine decay to 1 % of ``config.lr``."""
-    warmup = max(1, config.steps // 20)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
-    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _validation_loss(model: MapNet, batches: List[Dict[str, Any]]) -> float:
-    model.eval()
-    with torch.no_grad():
-        values = [map_loss(model(b["inputs"], b["parameters"]), b["targets"], b["inputs"], b["protocols"],
-                           model.context, 0.0)[1]["maps"] for b in batches]
-    model.train()
-    return float(np.mean(values))
+    return float(np.mean([map_loss(model(b["inputs"], b["parameters"]), b["targets"], b["inputs"], b["protocols"],
+                                   model.context, 0.0)[1]["maps"] for b in batches]))
 
 
-def train_map_variant(name: str, bank: RoutineBank, val_batches: List[Dict[str, Any]], config: MapTrainConfig,
+def train_map_variant(name: str, bank: RoutineBank, val_batches: Dict[int, List[Dict[str, Any]]], config: MapTrainConfig,
                       out: Path, device: torch.device, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train one variant (resuming ``out/<name>.ckpt``); return its curves and best validation loss."""
     torch.manual_seed(config.seed)
     model = build_map_variant(name, config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    checkpoint = out / f"{name}.ckpt"
-    state = {"step": 0, "curve": [], "val": [], "best": math.inf}
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        _check_resumable(saved.get("config", {}), config, saved["state"]["step"], checkpoint)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        log(f"{name}: resuming at step {state['step']}")
-    rng = np.random.default_rng([config.seed, state["step"]])  # the same draws for every variant
-    every = max(1, config.steps // config.evaluations)
     physics = config.physics_weight if model.config["physics_term"] else 0.0
-    from tqdm import tqdm
+    keys = ("inputs", "parameters", "targets")
+    val = [{**b, **{k: b[k].to(device) for k in keys}} for b in val_batches[model.context]]
 
-    model.train()
-    bar = tqdm(total=config.steps, initial=state["step"], desc=name, unit="step")
-    while state["step"] < config.steps:
+    def draw(rng: np.random.Generator) -> Dict[str, Any]:
         batch = bank.sample(config.batch, config.crop, model.context, rng)
-        inputs, parameters, targets = (batch[k].to(device) for k in ("inputs", "parameters", "targets"))
-        loss, parts = map_loss(model(inputs, parameters), targets, inputs, batch["protocols"], model.context, physics)
-        for group in optimizer.param_groups:  # a function of the step alone: a resumed (or lengthened) run continues it
-            group["lr"] = learning_rate(state["step"], config)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        state["step"] += 1
-        state["curve"].append([state["step"], loss.item(), parts["maps"]])
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if state["step"] % every == 0 or state["step"] == config.steps:
-            value = _validation_loss(model, [{**b, **{k: b[k].to(device) for k in ("inputs", "parameters", "targets")}}
-                                             for b in val_batches[model.context]])
-            state["val"].append([state["step"], value])
-            if value < state["best"]:
-                state["best"] = value
-                save_mapper(model, out / f"{name}.pt", {"variant": name, "step": state["step"], "val_loss": value})
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                        "config": asdict(config)}, checkpoint)
-            log(f"{name}: step {state['step']} val map loss {value:.4f}")
-            rng = np.random.default_rng([config.seed, state["step"]])  # resumable: draws depend on the step only
-    bar.close()
-    return {"curve": state["curve"], "val": state["val"], "best_val": state["best"]}
+        return {**batch, **{k: batch[k].to(device) for k in keys}}
+
+    def loss(net: MapNet, batch: Dict[str, Any]):
+        return map_loss(net(batch["inputs"], batch["parameters"]), batch["targets"], batch["inputs"],
+                        batch["protocols"], net.context, physics)
+
+    return train_network(name, model, draw, loss, lambda net: _validation_loss(net, val), config, out, log)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -260,31 +204,6 @@ def phantom_commands(data: Path) -> List[str]:
     return commands
 
 
-def _loss_figure(curves: Dict[str, Dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run in curves.items():
-        curve = np.array(run["curve"])
-        if len(curve):
-            k = max(1, len(curve) // 50)
-            smooth = np.convolve(curve[:, 2], np.ones(k) / k, mode="valid")
-            axes[0].plot(curve[k - 1:, 0], smooth, label=name)
-        val = np.array(run["val"])
-        if len(val):
-            axes[1].plot(val[:, 0], val[:, 1], marker="o", label=name)
-    axes[0].set(title="training map loss (moving mean)", xlabel="step", yscale="log")
-    axes[1].set(title="validation map loss", xlabel="step")
-    for ax in axes:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def train_maps_command(data: Path, out: Path, config: MapTrainConfig, variants: Optional[List[str]] = None,
                        device: torch.device = torch.device("cpu"), eval_limit: int = 3, overwrite: bool = False,
                        log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -322,7 +241,7 @@ def train_maps_command(data: Path, out: Path, config: MapTrainConfig, variants: 
               "val_loss": {n: runs[n]["best_val"] for n in variants}, "tables": tables,
               "ranges": describe_ranges(), "data": phantom_commands(data), "sha256": sha256(out / "maps.pt"), "size_bytes": (out / "maps.pt").stat().st_size}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    _loss_figure(runs, out / "loss.png")
+    loss_figure(runs, out / "loss.png", "map loss")
     from .map_card import write_map_card
 
     write_map_card(report, out / "MODEL_CARD.md")

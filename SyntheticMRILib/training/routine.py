@@ -34,7 +34,7 @@ from ..physics.protocols import Protocol
 from ..physics.routine import SERIES, draw_protocols, parameter_vector
 from ..physics.synthesis import synthesize
 
-__all__ = ["RandomTissueValues", "Acquisition", "acquire", "RoutineBank", "TISSUE_NAMES"]
+__all__ = ["RandomTissueValues", "Acquisition", "acquire_one", "acquire", "RoutineBank", "TISSUE_NAMES"]
 
 TISSUE_NAMES: Tuple[str, ...] = tuple(sorted(set(HEAD_TISSUE.values())))
 # Weights of the polynomial terms of a smooth field (constant, 3 linear, 6 quadratic): unit variance on average
@@ -101,19 +101,23 @@ class Acquisition:
                    int(rng.integers(2 ** 31)))
 
 
+def acquire_one(maps: torch.Tensor, protocol: Protocol, snr: Optional[float], bias: float, resolution_loss: float,
+                gain: float, generator: torch.Generator, spatial_dims: int = 2) -> torch.Tensor:
+    """One series of ``protocol`` from maps ``[3, ...]`` as a scanner gives it (``snr=None``: no noise; the bias
+    field is drawn first, so two calls from equally seeded generators share it)."""
+    image = synthesize(maps[0], maps[1], maps[2], protocol)
+    return scanner_effects(image, generator, snr=snr, bias=bias, resolution_loss=resolution_loss,
+                           spatial_dims=spatial_dims) * gain
+
+
 def acquire(maps: torch.Tensor, protocols: Mapping[str, Protocol], acquisition: Acquisition,
-            spatial_dims: int = 2, effects: bool = True) -> torch.Tensor:
+            spatial_dims: int = 2) -> torch.Tensor:
     """The series ``[3, ...]`` of ``protocols`` from maps ``[3, ...]`` (T1, T2 ms, PD), with ``acquisition``'s
-    scanner effects (``effects=False``: noise-free, no bias or blur, gains kept)."""
+    scanner effects."""
     generator = torch.Generator().manual_seed(acquisition.seed)
-    out = []
-    for n, name in enumerate(SERIES):
-        image = synthesize(maps[0], maps[1], maps[2], protocols[name])
-        if effects:
-            image = scanner_effects(image, generator, snr=acquisition.snr[n], bias=acquisition.bias,
-                                    resolution_loss=acquisition.resolution_loss, spatial_dims=spatial_dims)
-        out.append(image * acquisition.gains[n])
-    return torch.stack(out)
+    return torch.stack([acquire_one(maps, protocols[name], acquisition.snr[n], acquisition.bias,
+                                    acquisition.resolution_loss, acquisition.gains[n], generator, spatial_dims)
+                        for n, name in enumerate(SERIES)])
 
 
 class RoutineBank:
@@ -156,16 +160,21 @@ class RoutineBank:
         terms = torch.stack([torch.ones_like(x), x, y, z, x * x - 1 / 3, y * y - 1 / 3, z * z - 1 / 3, x * y, y * z, z * x])
         return torch.einsum("ft,t...->f...", coefficients, terms)
 
+    @staticmethod
+    def draw_fields(rng: np.random.Generator) -> torch.Tensor:
+        """Coefficients ``[3, 10]`` of the smooth fields on T1, T2 and PD (see :meth:`_field`)."""
+        return torch.from_numpy(rng.standard_normal((3, 10)).astype(np.float32) * _FIELD_WEIGHTS)
+
     def draw(self, n: int, rng: np.random.Generator, outside: bool = False) -> Dict[str, object]:
         """One subject-level draw: protocols, acquisition, tissue factors, fields, and the normalizing scales."""
         protocols = draw_protocols(rng, outside)
         acquisition = Acquisition.draw(rng)
         factors = self.tissues.draw(rng) if self.tissues is not None else None
-        fields = torch.from_numpy(rng.standard_normal((3, 10)).astype(np.float32) * _FIELD_WEIGHTS)
+        fields = self.draw_fields(rng)
         subject = self.subjects[n]
         sub = (slice(None), slice(None, None, 3), slice(None, None, 3), slice(None, None, 3))
         maps = self._maps(n, sub, factors, fields)
-        series = acquire(maps, protocols, acquisition, spatial_dims=3, effects=True)
+        series = acquire(maps, protocols, acquisition, spatial_dims=3)
         return {"protocols": protocols, "acquisition": acquisition, "factors": factors, "fields": fields,
                 "scales": series_scales(series.numpy()), "subject": n, "depth": subject["maps"].shape[1]}
 
