@@ -19,7 +19,6 @@ from SyntheticMRILib.cohort.recipe import build_recipe
 from SyntheticMRILib.cohort.run import run_cohort, throughput
 from SyntheticMRILib.cohort import subject as subject_module
 from SyntheticMRILib.cohort.ledger import LEDGER, STATUS_FILE
-from SyntheticMRILib.io.maps import load_maps
 from SyntheticMRILib.io.volumes import read_volume, write_volume
 from SyntheticMRILib.jobs import CHILD_MODULE, child_environment, parse_progress, read_structure_volumes
 from SyntheticMRILib.models.segmenter import label_volumes_ml

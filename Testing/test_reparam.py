@@ -49,6 +49,10 @@ def test_scan_draws_stay_in_their_ranges_and_out_of_range_draws_leave_one():
         assert all(-0.5 - 1e-9 <= v <= 0.5 + 1e-9 for v in scan_vector(p)[1:])
     for _ in range(50):
         assert len(outside_scan_ranges(draw_scan(rng, outside=True))) == 1
+    # an IR whose TR is in range but leaves less recovery than every training draw: warned, once
+    assert outside_scan_ranges(Protocol("ir", 3000, 80, 1500)) == ["TR 3000 ms (>= 2.5 TI = 3750)"]
+    assert outside_scan_ranges(Protocol("ir", 3750, 80, 1500)) == []
+    assert outside_scan_ranges(Protocol("ir", 1800, 80, 1500)) == ["TR 1800 ms (2000-11000)"]
     assert scan_vector(Protocol("se", 500, 10))[0] == 0 and scan_vector(Protocol("ir", 9000, 90, 2500))[0] == 1
     lo = scan_vector(Protocol("se", 400, 8))
     hi = scan_vector(Protocol("ir", 11000, 150, 3000))
@@ -72,6 +76,23 @@ def test_the_physics_engine_gives_back_its_input_at_the_input_protocol(shipped):
         assert image_scores(same, scan.array, head)["mae"] <= 3.0
         smooth = image_scores(found.render(protocol, detail=False), scan.array, head)["mae"]
         assert 0.5 < smooth < 30  # the maps alone do not reproduce the noise and texture: the residual does
+
+
+def test_the_output_is_in_the_input_scale_whatever_the_gain(shipped):
+    """A scan at receiver gain g: the maps' T1w (no residual) is g x the true T1w where there is signal (median ratio
+    within 15 %), and the whole output follows g exactly (the input is divided by its head median)."""
+    maps = _sample()
+    tensors = [torch.from_numpy(maps[m].array.astype(np.float32)) for m in ("t1", "t2", "pd")]
+    target = Protocol("se", 500.0, 12.0)
+    truth = synthesize(*tensors, target).numpy()
+    bright = (maps["pd"].array > 0) & (truth > 0.2 * truth.max())
+    outputs = {}
+    for gain in (3.0, 2500.0):
+        found = predict_scan_maps(_scan(maps, T2W, gain=gain), T2W, shipped)
+        smooth = found.render(target, detail=False)
+        assert float(np.median(smooth[bright] / (gain * truth[bright]))) == pytest.approx(1.0, abs=0.15)
+        outputs[gain] = found.render(target)
+    assert np.allclose(outputs[2500.0], outputs[3.0] * (2500.0 / 3.0), rtol=1e-3, atol=1e-2)
 
 
 def test_a_target_only_the_physics_engine_makes_lands_on_the_input_grid(shipped, tmp_path):
@@ -123,6 +144,8 @@ def test_rendering_follows_the_closed_form_and_keeps_the_input_scale():
     assert scan.render(target, region=(1,)).shape == (8, 8)
     psir = scan.render(Protocol("psir", 5000.0, 10.0, ti=1000.0), detail=False)
     assert (psir < 0).any() and (psir > 0).any()
+    dsir = preset("dSIR").protocol  # a ratio of two IRs: no residual carried
+    assert np.array_equal(scan.render(dsir), scan.render(dsir, detail=False))
 
 
 def test_the_direct_network_keeps_its_range_and_its_mode():

@@ -100,6 +100,10 @@ def _bad(scan, tmp_path):
     gre = tmp_path / "gre.nrrd"
     gre.write_bytes(scan["path"].read_bytes())
     (tmp_path / "gre.json").write_text(json.dumps({"RepetitionTime": 0.02, "EchoTime": 0.004, "ScanningSequence": "GR"}))
+    mprage = tmp_path / "mprage.nrrd"
+    mprage.write_bytes(scan["path"].read_bytes())
+    (tmp_path / "mprage.json").write_text(json.dumps({"RepetitionTime": 2.3, "EchoTime": 0.003, "InversionTime": 0.9,
+                                                      "ScanningSequence": ["GR", "IR"]}))
     return {
         "missing TE": ({"source": ["--sequence", "se", "--tr", "4500"]}, "missing TE"),
         "no protocol": ({"source": []}, "the scan's sequence is not known"),
@@ -121,6 +125,7 @@ def _bad(scan, tmp_path):
         "T2 map as a FLAIR": ({"path": write_volume(scan["maps"]["t2"], tmp_path / "t2map_ir.nrrd"),
                                "source": ["--sequence", "ir", "--tr", "9000", "--te", "90", "--ti", "2500"]}, "T1 or T2 map"),
         "gradient echo": ({"path": gre, "source": []}, "a gradient-echo scan"),
+        "MPRAGE": ({"path": mprage, "source": []}, "an MPRAGE-like inversion-prepared one"),
         "missing file": ({"path": tmp_path / "nowhere.nrrd"}, "no such file"),
     }
 
@@ -143,6 +148,30 @@ def test_an_existing_output_is_kept_unless_overwrite(scan, tmp_path, capsys):
     assert main(_argv(scan, out)) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == "keep me"
     assert main(_argv(scan, out) + ["--overwrite"]) == 0 and read_volume(out).array.ndim == 3
+
+
+def test_an_input_is_never_an_output_even_with_overwrite(scan, tmp_path, capsys):
+    """-o naming the scan (by another spelling of its path), or --keep-maps where the scan is a map's name: refused;
+    and so in synth."""
+    before = _digests(scan["root"])
+    same = scan["root"] / ".." / scan["root"].name / scan["path"].name
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    named_t1 = kept / "t1.nrrd"  # a scan named as a kept map, and --keep-maps its folder
+    named_t1.write_bytes(scan["path"].read_bytes())
+    for argv in (_argv(scan, same) + ["--overwrite"],
+                 _argv(scan, tmp_path / "x.nrrd", path=named_t1) + ["--keep-maps", str(kept), "--overwrite"]):
+        assert main(argv) == 2
+        assert "is an input of this command" in capsys.readouterr().err
+    assert _digests(scan["root"]) == before and named_t1.read_bytes() == scan["path"].read_bytes()
+    assert not (tmp_path / "x.nrrd").exists()
+    t1 = write_volume(scan["maps"]["t1"], tmp_path / "t1.nrrd")
+    synth = ["synth", "--t1", str(t1), "--t2", str(write_volume(scan["maps"]["t2"], tmp_path / "t2.nrrd")),
+             "--pd", str(write_volume(scan["maps"]["pd"], tmp_path / "pd.nrrd")), "--preset", "T1w", "--overwrite"]
+    digest = hashlib.sha256(t1.read_bytes()).hexdigest()
+    assert main(synth + ["-o", str(t1)]) == 2 and "is an input" in capsys.readouterr().err
+    assert hashlib.sha256(t1.read_bytes()).hexdigest() == digest
+    assert main(synth + ["-o", str(tmp_path / "t1w.nrrd")]) == 0
 
 
 def test_real_scans_at_random_protocols_are_not_taken_for_maps(scan):

@@ -23,8 +23,6 @@ def test_the_tags_are_those_of_the_standard():
     # an InversionTime makes it IR whatever ScanningSequence says; "IR" alone does too (TI then to be typed in)
     ({"tr": "5000", "te": "60", "ti": "160", "sequence": "SE"}, {"sequence": "ir", "tr": 5000.0, "te": 60.0, "ti": 160.0}),
     ({"tr": "9000", "te": "90", "ti": "", "sequence": "IR"}, {"sequence": "ir", "tr": 9000.0, "te": 90.0}),
-    # MPRAGE-like: gradient echo with an inversion is read as IR (as a BIDS sidecar is, io.scan)
-    ({"tr": "2300", "te": "2.98", "ti": "900", "sequence": "GR\\IR"}, {"sequence": "ir", "tr": 2300.0, "te": 2.98, "ti": 900.0}),
     # a spin echo's TI of 0 (some scanners write one) or an unreadable value is not known; an EPI spin echo is SE
     ({"tr": "3000", "te": "80", "ti": "0", "sequence": "EP\\SE"}, {"sequence": "se", "tr": 3000.0, "te": 80.0}),
     ({"tr": "n/a", "te": " 12 ", "ti": "", "sequence": " se "}, {"sequence": "se", "te": 12.0}),
@@ -35,11 +33,14 @@ def test_the_protocol_comes_from_the_tag_strings(tags, expected):
     assert protocol_from_tags(tags) == expected
 
 
-@pytest.mark.parametrize("sequence", ["GR", "GR\\EP", "gr"])
-def test_a_gradient_echo_scan_is_refused_in_one_line(sequence):
+@pytest.mark.parametrize("sequence, ti", [("GR", ""), ("GR\\EP", ""), ("gr", ""), ("GR\\IR", "900"), ("IR\\GR", "")])
+def test_a_gradient_echo_scan_is_refused_in_one_line(sequence, ti):
+    """An MPRAGE (GR\\IR, with its TI) too: its inversion-prepared gradient-echo train is not a magnitude IR."""
     with pytest.raises(InputError) as error:
-        protocol_from_tags({"tr": "20", "te": "4", "sequence": sequence})
-    assert "gradient-echo" in str(error.value) and "\n" not in str(error.value)
+        protocol_from_tags({"tr": "2300", "te": "3", "ti": ti, "sequence": sequence})
+    message = str(error.value)
+    assert "gradient-echo" in message and "\n" not in message
+    assert ("MPRAGE" in message) == ("IR" in sequence.upper())
 
 
 def test_numbers_are_the_first_value_and_only_positive_ones():
@@ -47,23 +48,20 @@ def test_numbers_are_the_first_value_and_only_positive_ones():
     assert [first_number(text) for text in ("", None, "n/a", "0", "-5", "nan")] == [None] * 6
 
 
-def test_the_rule_is_that_of_a_bids_sidecar():
-    """io.scan reads the sequence of a BIDS sidecar by the same rule (there: InversionTime present, IR listed, GR
-    without SE refused, else SE with a RepetitionTime)."""
-    from pathlib import Path
-
+def test_a_bids_sidecar_follows_the_same_rule(tmp_path):
+    """io.scan reads a sidecar's ScanningSequence (a list or backslash-joined text) and InversionTime the same way,
+    and a refusal names the sidecar."""
     from SyntheticMRILib.io.scan import _sequence_from
 
-    for scanning in ("SE", "IR", "SE\\IR", "GR\\IR", "EP\\SE", "GR", "GR\\EP"):
-        sidecar = {"RepetitionTime": 2.0, "ScanningSequence": scanning}
-        tags = {"tr": "2000", "sequence": scanning}
-        try:
-            expected = _sequence_from(sidecar, Path("scan.json"))
-        except InputError:
-            with pytest.raises(InputError):
-                protocol_from_tags(tags)
-            continue
-        assert protocol_from_tags(tags)["sequence"] == expected, scanning
+    sidecar = tmp_path / "scan.json"
+    for scanning, expected in (("SE", "se"), (["SE", "IR"], "ir"), ("EP\\SE", "se"), ("", "se")):
+        assert _sequence_from({"RepetitionTime": 2.0, "ScanningSequence": scanning}, sidecar) == expected
+    assert _sequence_from({"RepetitionTime": 9.0, "InversionTime": 2.5}, sidecar) == "ir"
+    assert _sequence_from({"EchoTime": 0.1}, sidecar) is None
+    for scanning in ("GR\\IR", ["GR", "IR"], "GR"):
+        with pytest.raises(InputError, match="gradient-echo") as error:
+            _sequence_from({"RepetitionTime": 2.3, "InversionTime": 0.9, "ScanningSequence": scanning}, sidecar)
+        assert str(error.value).startswith(str(sidecar))
 
 
 def test_the_parser_imports_neither_torch_nor_slicer():

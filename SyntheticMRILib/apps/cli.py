@@ -292,7 +292,7 @@ def _synthesize(maps: Maps, protocol: Protocol, device, fused: bool = False):
 
 def cmd_synth(args: argparse.Namespace) -> None:
     protocol = _protocol(args)
-    check_output(args.output, args.overwrite)  # before any work, so nothing is lost
+    check_output(args.output, args.overwrite, _inputs(args))  # before any work, so nothing is lost
     device = pick_device(args.device)
     maps = _load_maps(args)
     start = time.perf_counter()
@@ -402,24 +402,32 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"{args.count} {args.split} subject(s) in {seconds:.1f} s -> {args.output} ({manifest.name})")
 
 
-def _check_free(paths: Sequence[Optional[Path]], overwrite: bool) -> None:
+_OUTPUT_ARGS = ("output", "seg_out", "volumes", "keep_maps", "report")
+
+
+def _inputs(args: argparse.Namespace) -> list:
+    """The files a command reads (every path argument but its outputs): no output may be one of them."""
+    return [v for k, v in vars(args).items() if isinstance(v, Path) and k not in _OUTPUT_ARGS and v.is_file()]
+
+
+def _check_free(paths: Sequence[Optional[Path]], overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Side files (not volumes), ``None`` skipped: :func:`check_output_file` for each. Like every output of every
     command, a missing folder is created when the file is written."""
     for path in paths:
         if path is not None:
-            check_output_file(path, overwrite)
+            check_output_file(path, overwrite, inputs=inputs)
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from ..io.labels import STRUCTURES, write_color_table, write_seg_nrrd
     from ..models.segmenter import LABELS, label_volumes_ml, load_model, segment
 
-    check_output(args.output, args.overwrite)  # every output is checked before any work, so nothing is lost
+    check_output(args.output, args.overwrite, _inputs(args))  # every output is checked before any work, so nothing is lost
     stem = next(args.output.name[: -len(e)] for e in EXTENSIONS if args.output.name.lower().endswith(e))
     table = args.output.with_name(stem + ".ctbl")
     if args.seg_out is not None and not args.seg_out.name.endswith(".seg.nrrd"):
         raise InputError(f"{args.seg_out}: --seg-out must end in .seg.nrrd")
-    _check_free([table, args.seg_out, args.volumes], args.overwrite)
+    _check_free([table, args.seg_out, args.volumes], args.overwrite, _inputs(args))
     device = pick_device(args.device)
     maps = _load_maps(args)
     model = load_model(args.model, device)
@@ -449,7 +457,7 @@ def cmd_contrast(args: argparse.Namespace) -> None:
     protocols = model.contrast.protocols()
     paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
     for path in paths:
-        check_output(path, args.overwrite)
+        check_output(path, args.overwrite, _inputs(args))
     _check_free([args.output / LEARNED_INDEX], args.overwrite)
     device = pick_device(args.device)
     maps = _load_maps(args)
@@ -475,7 +483,7 @@ def cmd_maps(args: argparse.Namespace) -> None:
     from ..models.mapper import estimate_maps, load_mapper
 
     outputs = [args.output / f"{name}.nrrd" for name in MAP_NAMES]
-    _check_free(outputs, args.overwrite)  # before any work: a refused output costs nothing
+    _check_free(outputs, args.overwrite, _inputs(args))  # before any work: a refused output costs nothing
     values = {s: {name: getattr(args, f"{s}_{name}") for name in RANGES_MS[s]} for s in SERIES}
     series = load_series({s: getattr(args, s) for s in SERIES}, values, {s: getattr(args, f"{s}_json") for s in SERIES})
     for note in series.notes:
@@ -530,9 +538,10 @@ def cmd_reparam(args: argparse.Namespace) -> None:
         check_direct_target(target)
         if args.keep_maps is not None:
             raise InputError("--keep-maps: only the physics engine has maps to keep")
-    check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite, _inputs(args))
     if args.keep_maps is not None:
-        _check_free([args.keep_maps / f"{n}.nrrd" for n in MAP_NAMES] + [args.keep_maps / SCAN_RECORD], args.overwrite)
+        _check_free([args.keep_maps / f"{n}.nrrd" for n in MAP_NAMES] + [args.keep_maps / SCAN_RECORD], args.overwrite,
+                    _inputs(args))
     scan = load_scan(args.input, args.sequence, {"tr": args.tr, "te": args.te, "ti": args.ti}, args.json)
     for note in scan.notes:
         print(f"note: {note}")

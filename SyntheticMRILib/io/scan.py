@@ -4,7 +4,7 @@ The protocol comes from the command line or from a BIDS JSON sidecar beside the 
 ``EchoTime``, ``InversionTime`` in seconds; the sequence is IR when the sidecar has an ``InversionTime`` or
 ``ScanningSequence`` says IR, else SE); command-line values win. Refused with one line: a missing file or
 parameter, a 2-D or 4-D image, NaN, an impossible protocol (TE >= TR, times in seconds), a gradient-echo
-scan, and an image that shows a tissue brighter than its protocol can (a T2 map given as a scan; see
+scan (an MPRAGE too; :func:`~SyntheticMRILib.io.dicom_tags.scanning_sequence`), and an image that shows a tissue brighter than its protocol can (a T2 map given as a scan; see
 :func:`check_not_a_map` for what it does not catch).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..physics.protocols import Protocol
 from ..physics.scans import SCAN_SEQUENCES, check_scan
 from ..physics.tissues import TISSUES
+from .dicom_tags import scanning_sequence
 from .series import check_image, read_json, read_sidecar, sidecar_path, tissue_ratio
 from .volumes import PathLike, Volume, read_volume
 
@@ -41,13 +42,11 @@ class WeightedScan:
 
 def _sequence_from(data: Mapping[str, object], path: Path) -> Optional[str]:
     scanning = data.get("ScanningSequence")
-    kinds = {str(k).upper() for k in (scanning if isinstance(scanning, list) else str(scanning or "").split("\\"))}
-    if "InversionTime" in data or "IR" in kinds:
-        return "ir"
-    if "GR" in kinds and "SE" not in kinds:
-        raise InputError(f"{path}: a gradient-echo scan (ScanningSequence {scanning}); re-parameterization takes "
-                         "spin-echo or inversion-recovery scans")
-    return "se" if "RepetitionTime" in data else None
+    kinds = scanning if isinstance(scanning, list) else str(scanning or "").split("\\")
+    try:
+        return scanning_sequence(kinds, "InversionTime" in data, "RepetitionTime" in data)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
 
 
 def _head(image: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import os
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -175,10 +175,14 @@ def read_header(path: PathLike) -> Header:
                   {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()})
 
 
-def check_output_file(path: PathLike, overwrite: bool = False, need_folder: bool = False) -> Path:
-    """The one rule for an output file of any kind: raise :class:`InputError` if ``path`` exists (unless
-    ``overwrite``) or, with ``need_folder``, if its folder is missing (writers that do not create it)."""
+def check_output_file(path: PathLike, overwrite: bool = False, need_folder: bool = False,
+                      inputs: Iterable[PathLike] = ()) -> Path:
+    """The one rule for an output file of any kind: raise :class:`InputError` if ``path`` is one of ``inputs`` (even
+    with ``overwrite``: inputs are never modified), if it exists (unless ``overwrite``) or, with ``need_folder``, if
+    its folder is missing (writers that do not create it)."""
     path = Path(path)
+    if path.exists() and any(Path(i).exists() and os.path.samefile(path, i) for i in inputs):
+        raise InputError(f"{path}: is an input of this command; inputs are never overwritten, choose another output")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it")
     if need_folder and not path.parent.is_dir():
@@ -194,14 +198,14 @@ def check_output_folder(folder: PathLike, overwrite: bool = False) -> Path:
     return folder
 
 
-def check_output(path: PathLike, overwrite: bool = False) -> Path:
+def check_output(path: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
     """Raise :class:`InputError` unless ``path`` is a writable volume type and free (or ``overwrite``).
 
     Callers run it before any work too, so that a refused output costs nothing.
     """
     path = Path(path)
     _check_extension(path)
-    return check_output_file(path, overwrite)
+    return check_output_file(path, overwrite, inputs=inputs)
 
 
 def quantize(array: np.ndarray, bits: int = COMPACT_BITS) -> Tuple[np.ndarray, float]:

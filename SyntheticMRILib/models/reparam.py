@@ -4,7 +4,8 @@
   :func:`~SyntheticMRILib.physics.scans.scan_vector`) predicts T1/T2/PD; the physics layer synthesizes any target
   it knows (every sequence and preset). The output keeps the input's scale: the gain is the least-squares fit
   of the re-synthesized input to the input over the head; and what the maps do not explain (the residual
-  input - gain x S_input: texture, fine detail, noise) is carried over scaled by (S_target + f) / (S_input + f),
+  input - gain x S_input: texture, fine detail, noise) is carried over scaled by (S_target + f) / (S_input + f)
+  (S_target / (S_input + f) for a signed PSIR; none for a dSIR, a ratio of two images),
   f a tenth of the input's median signal, capped at 1 in magnitude (the residual is mostly noise, which an
   acquisition does not amplify where the target is brighter: uncapped, it doubled the error on distant targets),
   so the input protocol gives back the input itself, voxel for voxel (:meth:`ScanMaps.render`).
@@ -150,11 +151,12 @@ class ScanMaps:
         s_target = synthesize(t1, t2, pd, target)
         out = self.gain * s_target
         signed = target.sequence in ("psir", "dsir")
-        if detail:
+        if detail and target.sequence != "dsir":  # a dSIR is a ratio of two IRs: the input's residual has no scale in it
             s_input = synthesize(t1, t2, pd, self.protocol)
             residual = torch.from_numpy(np.ascontiguousarray(self.image.array[region])) - self.gain * s_input
             # (S_t + f) / (S_i + f): exactly 1 at the input protocol, everywhere; bounded where the input is dark;
-            # never above 1 in magnitude (the residual is mostly noise: attenuated with the signal, never amplified)
+            # never above 1 in magnitude (the residual is mostly noise: attenuated with the signal, never amplified);
+            # a PSIR target keeps its sign (no f above: S_t / (S_i + f)), so the residual follows it through its null
             scale = ((s_target + (0.0 if signed else self.floor)) / (s_input + self.floor)).clamp(-1.0, 1.0)
             out = out + residual * scale
         if not signed:  # magnitude images
@@ -287,8 +289,8 @@ def _build(config: Mapping[str, Any]) -> nn.Module:
 
 def load_reparam(engine: str, path: Optional[PathLike] = None, device: torch.device = torch.device("cpu")) -> nn.Module:
     """A re-parameterization model of ``engine`` (default: the shipped one), in eval mode on ``device``."""
-    model = load_network(path if path is not None else default_reparam_path(engine), _build,
-                         f"{engine} re-parameterization model", device)
+    path = path if path is not None else default_reparam_path(engine)
+    model = load_network(path, _build, f"{engine} re-parameterization model", device)
     found = model.config.get("engine", "maps")
     if found != engine:
         raise InputError(f"{path}: a {found} model, not a {engine} re-parameterization model")

@@ -71,12 +71,17 @@ def draw_scan(rng, sequence: Optional[str] = None, outside: bool = False) -> Pro
 
 
 def outside_scan_ranges(protocol: Protocol) -> List[str]:
-    """The parameters outside the ranges of the protocol's sequence, as ``"TE 180 ms (8-150)"``."""
+    """The parameters outside the ranges of the protocol's sequence, as ``"TE 180 ms (8-150)"``; an IR's TR in its
+    range but under 2.5 TI (training never saw so little recovery) as ``"TR 3000 ms (>= 2.5 TI = 5000)"``."""
     out = []
     for name, (low, high) in SCAN_RANGES_MS.get(protocol.sequence, {}).items():
         value = float(getattr(protocol, name))
         if not low <= value <= high:
             out.append(f"{name.upper()} {value:g} ms ({low:g}-{high:g})")
+    if protocol.sequence == "ir" and not any(line.startswith("TR ") for line in out):
+        shortest = _TR_PER_TI * float(protocol.ti)
+        if float(protocol.tr) < shortest:
+            out.append(f"TR {float(protocol.tr):g} ms (>= {_TR_PER_TI:g} TI = {shortest:g})")
     return out
 
 

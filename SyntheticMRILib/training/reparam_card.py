@@ -40,7 +40,8 @@ def write_reparam_card(report: Dict[str, Any], path: Path) -> Path:
         "TR/TE/TI and sequence as embedding, input over its head median) predicts T1/T2/PD; the physics layer "
         "synthesizes the target at the gain that fits the input; the input's residual (what the maps do not explain) "
         "is carried over scaled by (S_target + f)/(S_input + f) capped at 1 (f a tenth of the input's median: noise is "
-        "attenuated with the signal, never amplified), so the input protocol returns the input. `physics-smooth`: the "
+        "attenuated with the signal, never amplified; S_target/(S_input + f) for a signed PSIR, no residual for a "
+        "dSIR ratio), so the input protocol returns the input. `physics-smooth`: the "
         "same maps without the residual.",
         "* **direct**: the published architecture (encoder; coarse-to-fine param net with the parameters as constant "
         f"channels; instance norm, LeakyReLU 0.2, tanh), {len(config['direct_channels'])} levels (the published 8 reach "
