@@ -146,17 +146,9 @@ def _parser() -> argparse.ArgumentParser:
 
     train_maps = commands.add_parser("train-maps", help="train the T1/T2/PD map estimator (from T1w, T2w, FLAIR) and its "
                                                         "baselines; evaluate them with the per-voxel fit")
-    train_maps.add_argument("--data", required=True, type=Path,
-                            help="folder with train/, val/, test/ (and external/, lesions/) phantom folders")
-    train_maps.add_argument("-o", "--output", required=True, type=Path,
-                            help="model folder: <variant>.pt, maps.pt, report.json, MODEL_CARD.md, loss.png")
+    _training_arguments(train_maps, MapTrainConfig, "<variant>.pt, maps.pt, report.json, MODEL_CARD.md, loss.png",
+                        "variant", "replace a finished run in -o (and its checkpoints)")
     train_maps.add_argument("--variants", default=",".join(MAP_VARIANTS), help=f"comma-separated, from {', '.join(MAP_VARIANTS)}")
-    train_maps.add_argument("--steps", type=int, default=MapTrainConfig.steps, help="optimizer steps per variant")
-    train_maps.add_argument("--batch", type=int, default=MapTrainConfig.batch, help="2-D crops per step")
-    train_maps.add_argument("--seed", type=int, default=MapTrainConfig.seed, help="seed of the draws and initial weights")
-    train_maps.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
-    train_maps.add_argument("--overwrite", action="store_true", help="replace a finished run in -o (and its checkpoints)")
-    _device_argument(train_maps)
 
     reparam = commands.add_parser("reparam", help="one weighted scan (SE or IR) at other TR/TE/TI: the same anatomy, "
                                                   "the input's grid and intensity scale")
@@ -184,18 +176,10 @@ def _parser() -> argparse.ArgumentParser:
 
     train_reparam = commands.add_parser("train-reparam", help="train the re-parameterization engines (physics, direct) "
                                                               "and evaluate them in one table")
-    train_reparam.add_argument("--data", required=True, type=Path,
-                               help="folder with train/, val/, test/ (and external/, lesions/) phantom folders")
-    train_reparam.add_argument("-o", "--output", required=True, type=Path,
-                               help="model folder: physics.pt, direct.pt, report.json, MODEL_CARD.md, loss.png, examples.png")
+    _training_arguments(train_reparam, ReparamTrainConfig, "physics.pt, direct.pt, report.json, MODEL_CARD.md, loss.png, "
+                        "examples.png", "model", "retrain an engine of a finished run in -o")
     train_reparam.add_argument("--engine", choices=("physics", "direct", "both"), default="both",
                                help="what to train (the table covers every engine the folder holds)")
-    train_reparam.add_argument("--steps", type=int, default=ReparamTrainConfig.steps, help="optimizer steps per model")
-    train_reparam.add_argument("--batch", type=int, default=ReparamTrainConfig.batch, help="2-D crops per step")
-    train_reparam.add_argument("--seed", type=int, default=ReparamTrainConfig.seed, help="seed of the draws and initial weights")
-    train_reparam.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
-    train_reparam.add_argument("--overwrite", action="store_true", help="retrain an engine of a finished run in -o")
-    _device_argument(train_reparam)
 
     web = commands.add_parser("web", help="the app in a browser (trame-slicer): sample or uploaded maps, sliders, "
                                           "segmentation, learned contrasts, downloads; needs SyntheticMRILib[web]")
@@ -220,6 +204,20 @@ def _map_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _units_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--units", type=str.lower, choices=UNITS, default="ms", help="units of the T1/T2 maps (default ms)")
+
+
+def _training_arguments(parser: argparse.ArgumentParser, config: type, outputs: str, per: str, overwrite: str) -> None:
+    """What train-maps and train-reparam share: --data, -o (holding ``outputs``), --steps per ``per``, --batch,
+    --seed (defaults from the ``config`` class), --eval-limit, --overwrite (``overwrite``: what it does), --device."""
+    parser.add_argument("--data", required=True, type=Path,
+                        help="folder with train/, val/, test/ (and external/, lesions/) phantom folders")
+    parser.add_argument("-o", "--output", required=True, type=Path, help=f"model folder: {outputs}")
+    parser.add_argument("--steps", type=int, default=config.steps, help=f"optimizer steps per {per}")
+    parser.add_argument("--batch", type=int, default=config.batch, help="2-D crops per step")
+    parser.add_argument("--seed", type=int, default=config.seed, help="seed of the draws and initial weights")
+    parser.add_argument("--eval-limit", type=int, default=3, help="subjects per evaluation split")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite)
+    _device_argument(parser)
 
 
 def _device_argument(parser: argparse.ArgumentParser) -> None:
