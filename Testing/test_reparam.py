@@ -64,6 +64,22 @@ def shipped():
     return load_reparam("physics")
 
 
+def test_shipped_weights_match_the_model_card():
+    """Both engines ship (<= 20 MB each, the issue's limit), the card names each file's sha256, and the shipped direct
+    model is the param-to-param one (it takes any input protocol)."""
+    import re
+
+    from SyntheticMRILib.resources import resource_path, sha256
+
+    card = resource_path("Models", "reparam", "MODEL_CARD.md").read_text()
+    listed = dict(re.findall(r"`(\w+\.pt)` sha256 `([0-9a-f]{64})`", card))
+    assert set(listed) == {"physics.pt", "direct.pt"}
+    for name, digest in listed.items():
+        path = resource_path("Models", "reparam", name)
+        assert sha256(path) == digest and path.stat().st_size <= 20 * 2 ** 20, name
+    assert load_reparam("direct").mode == "param"
+
+
 def test_the_physics_engine_gives_back_its_input_at_the_input_protocol(shipped):
     """The issue's guarantee: MAE <= 3/255 (each image over its head's 99.5th percentile), here on a noisy scan
     with an arbitrary gain, for a T2w and a FLAIR input; without the carried residual it is the maps' own fit."""
