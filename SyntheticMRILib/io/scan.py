@@ -4,8 +4,9 @@ The protocol comes from the command line or from a BIDS JSON sidecar beside the 
 ``EchoTime``, ``InversionTime`` in seconds; the sequence is IR when the sidecar has an ``InversionTime`` or
 ``ScanningSequence`` says IR, else SE); command-line values win. Refused with one line: a missing file or
 parameter, a 2-D or 4-D image, NaN, an impossible protocol (TE >= TR, times in seconds), a gradient-echo
-scan (an MPRAGE too; :func:`~SyntheticMRILib.io.dicom_tags.scanning_sequence`), and an image that shows a tissue brighter than its protocol can (a T2 map given as a scan; see
-:func:`check_not_a_map` for what it does not catch).
+scan (an MPRAGE too; :func:`~SyntheticMRILib.io.dicom_tags.scanning_sequence`), and an image that shows a
+tissue brighter than its protocol can (a T2 map given as a scan; see :func:`check_not_a_map` for what it does
+not catch).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ __all__ = ["ENGINES", "DEFAULT_ENGINE", "SCAN_RECORD", "DirectNet", "physics_net
            "direct_inputs", "check_direct_target", "predict_direct", "reparameterize", "default_reparam_path", "load_reparam"]
 
 ENGINES = ("physics", "direct")
-DEFAULT_ENGINE = "physics"  # wins the model card's table on every split (see Resources/Models/reparam/MODEL_CARD.md)
+DEFAULT_ENGINE = "physics"  # wins the model card's table (every split and mode but out-of-range SE from the default input)
 SCAN_RECORD = "scan.json"  # beside the maps ScanMaps.save writes
 _DETAIL_FLOOR = 0.1  # f of the residual's scale, as a share of S_input's median over the head
 
