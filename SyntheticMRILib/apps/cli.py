@@ -420,12 +420,13 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from ..io.labels import STRUCTURES, write_color_table, write_seg_nrrd
     from ..models.segmenter import LABELS, label_volumes_ml, load_model, segment
 
-    check_output(args.output, args.overwrite, _inputs(args))  # every output is checked before any work, so nothing is lost
+    inputs = _inputs(args)
+    check_output(args.output, args.overwrite, inputs)  # every output is checked before any work, so nothing is lost
     stem = next(args.output.name[: -len(e)] for e in EXTENSIONS if args.output.name.lower().endswith(e))
     table = args.output.with_name(stem + ".ctbl")
     if args.seg_out is not None and not args.seg_out.name.endswith(".seg.nrrd"):
         raise InputError(f"{args.seg_out}: --seg-out must end in .seg.nrrd")
-    _check_free([table, args.seg_out, args.volumes], args.overwrite, _inputs(args))
+    _check_free([table, args.seg_out, args.volumes], args.overwrite, inputs)
     device = pick_device(args.device)
     maps = _load_maps(args)
     model = load_model(args.model, device)
@@ -454,9 +455,10 @@ def cmd_contrast(args: argparse.Namespace) -> None:
         raise InputError(f"{args.model}: this model reads the raw maps; it has no learned contrasts")
     protocols = model.contrast.protocols()
     paths = [args.output / f"learned_{k + 1}_{p.sequence}.nrrd" for k, p in enumerate(protocols)]
+    inputs = _inputs(args)
     for path in paths:
-        check_output(path, args.overwrite, _inputs(args))
-    _check_free([args.output / LEARNED_INDEX], args.overwrite)
+        check_output(path, args.overwrite, inputs)
+    _check_free([args.output / LEARNED_INDEX], args.overwrite, inputs)
     device = pick_device(args.device)
     maps = _load_maps(args)
     report = _progress(args, "contrast", "contrast")
@@ -536,10 +538,11 @@ def cmd_reparam(args: argparse.Namespace) -> None:
         check_direct_target(target)
         if args.keep_maps is not None:
             raise InputError("--keep-maps: only the physics engine has maps to keep")
-    check_output(args.output, args.overwrite, _inputs(args))
+    inputs = _inputs(args)
+    check_output(args.output, args.overwrite, inputs)
     if args.keep_maps is not None:
         _check_free([args.keep_maps / f"{n}.nrrd" for n in MAP_NAMES] + [args.keep_maps / SCAN_RECORD], args.overwrite,
-                    _inputs(args))
+                    inputs)
     scan = load_scan(args.input, args.sequence, {"tr": args.tr, "te": args.te, "ti": args.ti}, args.json)
     for note in scan.notes:
         print(f"note: {note}")

@@ -20,44 +20,26 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
 
 from .config import DIRECT_MODES, REPARAM_ENGINES, ReparamTrainConfig
-from .loop import train_network
+from .loop import loss_figure, train_network
 from .mapper import map_loss, phantom_commands
-from .routine import RandomTissueValues, RoutineBank, acquire_one
+from .reparam_card import write_reparam_card
+from .reparam_eval import evaluate_engines, example_figure
+from .routine import RandomTissueValues, RoutineBank, ScanAcquisition
 from ..errors import InputError
 from ..models.mapper import MapNet, network_input, relaxation_from_outputs, save_mapper, series_scales
 from ..models.reparam import DirectNet, direct_inputs, load_reparam, physics_network
 from ..phantoms.manifest import has_manifest
-from ..physics.protocols import Protocol
 from ..physics.scans import DEFAULT_INPUT, describe_scan_ranges, draw_scan, scan_vector
 from ..physics.synthesis import synthesize
 from ..resources import sha256
 
-__all__ = ["ScanAcquisition", "PairBank", "physics_loss", "direct_loss", "model_names", "train_reparam_command"]
-
-
-class ScanAcquisition:
-    """What a scanner does to one scan: SNR, coil bias, lost resolution, receiver gain, and a noise seed."""
-
-    def __init__(self, rng: np.random.Generator, snr: Tuple[float, float] = (20.0, 100.0), bias: float = 0.15,
-                 resolution_loss: Tuple[float, float] = (1.0, 1.8)) -> None:
-        self.snr = float(rng.uniform(*snr))
-        self.bias = bias
-        self.resolution_loss = float(rng.uniform(*resolution_loss))
-        self.gain = float(np.exp(rng.uniform(np.log(0.1), np.log(1000.0))))
-        self.seed = int(rng.integers(2 ** 31))
-
-    def image(self, maps: torch.Tensor, protocol: Protocol, noise: bool = True, spatial_dims: int = 2,
-              seed: Optional[int] = None) -> torch.Tensor:
-        """The scan of ``protocol``; ``noise=False``: the same bias (same seed), resolution and gain, no noise."""
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        return acquire_one(maps, protocol, self.snr if noise else None, self.bias, self.resolution_loss, self.gain,
-                           generator, spatial_dims)
+__all__ = ["PairBank", "physics_loss", "direct_loss", "model_names", "train_reparam_command"]
 
 
 class PairBank(RoutineBank):
@@ -206,8 +188,6 @@ def train_reparam_command(data: Path, out: Path, config: ReparamTrainConfig, eng
         trained[e] = {"seconds": sum(r["seconds"] for r in runs.values()), "config": asdict(config), "runs": runs}
     if (out / "direct-param.pt").is_file():  # the shipped direct engine takes any input
         save_mapper(load_reparam("direct", out / "direct-param.pt"), out / "direct.pt", {"mode": "param"})
-    from .reparam_eval import evaluate_engines, write_reparam_outputs
-
     models = {name: load_reparam("physics" if name == "physics" else "direct", out / f"{name}.pt", device)
               for e in REPARAM_ENGINES if e in trained for name in model_names(e) if (out / f"{name}.pt").is_file()}
     tables = evaluate_engines(data, models, device, config.seed + 1000, eval_limit, log)
@@ -215,7 +195,11 @@ def train_reparam_command(data: Path, out: Path, config: ReparamTrainConfig, eng
               "ranges": describe_scan_ranges(), "data": phantom_commands(data),
               "files": {name: {"sha256": sha256(out / f"{name}.pt"), "bytes": (out / f"{name}.pt").stat().st_size}
                         for name in ("physics", "direct") if (out / f"{name}.pt").is_file()}}
-    write_reparam_outputs(report, data, models, device, out)
+    loss_figure({name: run for engine in trained.values() for name, run in engine["runs"].items()}, out / "loss.png",
+                "target error (relative L1)")
+    if "physics" in models:
+        example_figure(data, models, device, config.seed + 1000, out / "examples.png")
+    write_reparam_card(report, out / "MODEL_CARD.md")
     report_path.write_text(json.dumps(report, indent=1))
     log(f"report {report_path}, card {out / 'MODEL_CARD.md'}")
     return report

@@ -17,17 +17,16 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .loop import loss_figure
 from .map_metrics import ssim
 from .mapper import _subjects
-from .reparam import ScanAcquisition
+from .routine import ScanAcquisition
 from ..io.volumes import read_volume
 from ..models.reparam import ScanMaps, predict_direct, predict_scan_maps
 from ..phantoms.manifest import has_manifest
 from ..physics.protocols import Protocol, preset
 from ..physics.scans import DEFAULT_INPUT, draw_scan
 
-__all__ = ["TARGETS", "image_scores", "evaluate_engines", "write_reparam_outputs"]
+__all__ = ["TARGETS", "image_scores", "evaluate_engines", "example_figure"]
 
 TARGETS: Dict[str, Protocol] = {
     "T1w SE 500/15": Protocol("se", 500.0, 15.0),
@@ -219,15 +218,3 @@ def target_lines(tables: Dict[str, Any], split: str, mode: str = "param") -> Lis
         cells += [f"{rows[m]['targets'][name]['ssim']:.3f}" if name in rows[m]["targets"] else "-" for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
-
-
-def write_reparam_outputs(report: Dict[str, Any], data: Path, models: Dict[str, torch.nn.Module],
-                          device: torch.device, out: Path) -> None:
-    """``loss.png``, ``examples.png`` and ``MODEL_CARD.md`` of a ``train-reparam`` report."""
-    loss_figure({name: run for engine in report["trained"].values() for name, run in engine["runs"].items()},
-                out / "loss.png", "target error (relative L1)")
-    if "physics" in models:
-        example_figure(data, models, device, report["config"]["seed"] + 1000, out / "examples.png")
-    from .reparam_card import write_reparam_card
-
-    write_reparam_card(report, out / "MODEL_CARD.md")

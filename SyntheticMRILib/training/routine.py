@@ -34,7 +34,7 @@ from ..physics.protocols import Protocol
 from ..physics.routine import SERIES, draw_protocols, parameter_vector
 from ..physics.synthesis import synthesize
 
-__all__ = ["RandomTissueValues", "Acquisition", "acquire_one", "acquire", "RoutineBank", "TISSUE_NAMES"]
+__all__ = ["RandomTissueValues", "Acquisition", "ScanAcquisition", "acquire_one", "acquire", "RoutineBank", "TISSUE_NAMES"]
 
 TISSUE_NAMES: Tuple[str, ...] = tuple(sorted(set(HEAD_TISSUE.values())))
 # Weights of the polynomial terms of a smooth field (constant, 3 linear, 6 quadratic): unit variance on average
@@ -83,6 +83,14 @@ class RandomTissueValues:
         return torch.stack([t1, torch.minimum(t2, 0.95 * t1), pd.clamp(max=1.0)])
 
 
+SNR, BIAS, RESOLUTION_LOSS = (20.0, 100.0), 0.15, (1.0, 1.8)  # what a scanner draw spans (uniform; bias: sd of log)
+GAIN = (0.1, 1000.0)  # receiver gain, log-uniform
+
+
+def _draw_gain(rng: np.random.Generator) -> float:
+    return float(np.exp(rng.uniform(np.log(GAIN[0]), np.log(GAIN[1]))))
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """One draw of what a scanner does to the three series: SNR, coil bias, lost resolution, receiver gains."""
@@ -94,11 +102,10 @@ class Acquisition:
     seed: int
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, snr: Tuple[float, float] = (20.0, 100.0), bias: float = 0.15,
-             resolution_loss: Tuple[float, float] = (1.0, 1.8)) -> "Acquisition":
+    def draw(cls, rng: np.random.Generator, snr: Tuple[float, float] = SNR, bias: float = BIAS,
+             resolution_loss: Tuple[float, float] = RESOLUTION_LOSS) -> "Acquisition":
         return cls(tuple(float(rng.uniform(*snr)) for _ in SERIES), bias, float(rng.uniform(*resolution_loss)),
-                   tuple(float(np.exp(rng.uniform(np.log(0.1), np.log(1000.0)))) for _ in SERIES),
-                   int(rng.integers(2 ** 31)))
+                   tuple(_draw_gain(rng) for _ in SERIES), int(rng.integers(2 ** 31)))
 
 
 def acquire_one(maps: torch.Tensor, protocol: Protocol, snr: Optional[float], bias: float, resolution_loss: float,
@@ -108,6 +115,26 @@ def acquire_one(maps: torch.Tensor, protocol: Protocol, snr: Optional[float], bi
     image = synthesize(maps[0], maps[1], maps[2], protocol)
     return scanner_effects(image, generator, snr=snr, bias=bias, resolution_loss=resolution_loss,
                            spatial_dims=spatial_dims) * gain
+
+
+class ScanAcquisition:
+    """What a scanner does to one scan (re-parameterization; :class:`Acquisition` draws it for three series): SNR,
+    coil bias, lost resolution, receiver gain, and a noise seed."""
+
+    def __init__(self, rng: np.random.Generator, snr: Tuple[float, float] = SNR, bias: float = BIAS,
+                 resolution_loss: Tuple[float, float] = RESOLUTION_LOSS) -> None:
+        self.snr = float(rng.uniform(*snr))
+        self.bias = bias
+        self.resolution_loss = float(rng.uniform(*resolution_loss))
+        self.gain = _draw_gain(rng)
+        self.seed = int(rng.integers(2 ** 31))
+
+    def image(self, maps: torch.Tensor, protocol: Protocol, noise: bool = True, spatial_dims: int = 2,
+              seed: Optional[int] = None) -> torch.Tensor:
+        """The scan of ``protocol``; ``noise=False``: the same bias (same seed), resolution and gain, no noise."""
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        return acquire_one(maps, protocol, self.snr if noise else None, self.bias, self.resolution_loss, self.gain,
+                           generator, spatial_dims)
 
 
 def acquire(maps: torch.Tensor, protocols: Mapping[str, Protocol], acquisition: Acquisition,
