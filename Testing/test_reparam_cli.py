@@ -124,6 +124,7 @@ def _bad(scan, tmp_path):
         "T2 map as a T2w": ({"path": write_volume(scan["maps"]["t2"], tmp_path / "t2map.nrrd")}, "is this a T1 or T2 map"),
         "T2 map as a FLAIR": ({"path": write_volume(scan["maps"]["t2"], tmp_path / "t2map_ir.nrrd"),
                                "source": ["--sequence", "ir", "--tr", "9000", "--te", "90", "--ti", "2500"]}, "T1 or T2 map"),
+        "label map": ({"path": write_volume(scan["maps"]["labels"], tmp_path / "labels.nrrd")}, "a label map, not a scan"),
         "gradient echo": ({"path": gre, "source": []}, "a gradient-echo scan"),
         "MPRAGE": ({"path": mprage, "source": []}, "an MPRAGE-like inversion-prepared one"),
         "missing file": ({"path": tmp_path / "nowhere.nrrd"}, "no such file"),
@@ -172,6 +173,17 @@ def test_an_input_is_never_an_output_even_with_overwrite(scan, tmp_path, capsys)
     assert main(synth + ["-o", str(t1)]) == 2 and "is an input" in capsys.readouterr().err
     assert hashlib.sha256(t1.read_bytes()).hexdigest() == digest
     assert main(synth + ["-o", str(tmp_path / "t1w.nrrd")]) == 0
+
+
+def test_a_scan_stored_as_8_bit_integers_is_not_taken_for_a_label_map(scan):
+    """Few integer values, as a label map has, but not flat: a noisy T2w quantized to 0-255 passes; its labels do not."""
+    from SyntheticMRILib.io.scan import check_not_labels
+
+    image = read_volume(scan["path"]).array
+    noisy = np.abs(image + np.random.default_rng(0).normal(0, 0.02 * image.max(), image.shape))
+    check_not_labels(np.round(255 * noisy / noisy.max()))
+    with pytest.raises(InputError, match="a label map"):
+        check_not_labels(scan["maps"]["labels"].array.astype(np.float32))
 
 
 def test_real_scans_at_random_protocols_are_not_taken_for_maps(scan):

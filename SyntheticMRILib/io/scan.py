@@ -6,7 +6,7 @@ The protocol comes from the command line or from a BIDS JSON sidecar beside the 
 parameter, a 2-D or 4-D image, NaN, an impossible protocol (TE >= TR, times in seconds), a gradient-echo
 scan (an MPRAGE too; :func:`~SyntheticMRILib.io.dicom_tags.scanning_sequence`), and an image that shows a
 tissue brighter than its protocol can (a T2 map given as a scan; see :func:`check_not_a_map` for what it does
-not catch).
+not catch), and a label map (:func:`check_not_labels`).
 """
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ from .dicom_tags import scanning_sequence
 from .series import check_image, read_json, read_sidecar, sidecar_path, tissue_ratio
 from .volumes import PathLike, Volume, read_volume
 
-__all__ = ["WeightedScan", "load_scan", "check_not_a_map"]
+__all__ = ["WeightedScan", "load_scan", "check_not_a_map", "check_not_labels"]
 
 _TOP_SHARE = 0.03  # the brightest share of the head: its mean is compared with the head's median ...
 _MARGIN = 2.0  # ... and may exceed the brightest tissue of the protocol (over white matter) by this factor
 _FLOOR = 1.5  # ... or by this ratio, whichever is larger
 _HEAD_SHARE, _FLOOR_FACTOR = 0.02, 10.0  # the head of the check (see _head)
+_LABEL_VALUES, _LABEL_FLAT = 256, 0.5  # a label map: integers, at most this many values, this share of flat neighbours
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,21 @@ def check_not_a_map(image: np.ndarray, protocol: Protocol, what: str = "the scan
                          "this a T1 or T2 map, or another contrast?")
 
 
+def check_not_labels(image: np.ndarray, what: str = "the scan") -> None:
+    """Refuse a label map (a segmentation) given as a scan: integer values, few of them (FreeSurfer's aseg has ~50),
+    and piecewise constant (the sample's labels: 83 % of neighbouring head voxels equal; its T1 map 11 %, a noisy scan
+    fewer; a scan stored as 8-bit integers has few values but is not flat)."""
+    head = image > 0
+    values = image[head]
+    if values.size == 0 or not np.array_equal(values, np.round(values)) or np.unique(values).size > _LABEL_VALUES:
+        return
+    pairs = head[..., 1:] & head[..., :-1]
+    flat = float(np.count_nonzero((image[..., 1:] == image[..., :-1]) & pairs)) / max(int(pairs.sum()), 1)
+    if flat >= _LABEL_FLAT:
+        raise InputError(f"{what}: {np.unique(values).size} integer values in patches ({100 * flat:.0f} % of neighbours "
+                         "equal): a label map, not a scan")
+
+
 def load_scan(path: PathLike, sequence: Optional[str] = None, values: Optional[Mapping[str, Optional[float]]] = None,
               sidecar: Optional[PathLike] = None) -> WeightedScan:
     """Read and check a weighted scan; ``sequence`` and ``values`` (``tr``/``te``/``ti`` ms, ``None`` = not
@@ -108,5 +124,6 @@ def load_scan(path: PathLike, sequence: Optional[str] = None, values: Optional[M
     volume = read_volume(path)
     check_image(volume, path, "input")
     array = np.clip(np.asarray(volume.array, np.float32), 0, None)  # magnitude
+    check_not_labels(array, f"input {path}")
     check_not_a_map(array, protocol, f"input {path}")
     return WeightedScan(volume.with_array(array), protocol, tuple(notes))
