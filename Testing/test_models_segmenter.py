@@ -12,12 +12,13 @@ import torch
 from SyntheticMRILib.apps import cli
 from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.io.labels import label_table, write_seg_nrrd
-from SyntheticMRILib.io.maps import load_maps, prepare_maps
+from SyntheticMRILib.io.grid import resample
+from SyntheticMRILib.io.maps import Maps, load_maps, prepare_maps
 from SyntheticMRILib.io.labels import STRUCTURES
 from SyntheticMRILib.resources import resource_path, sample_paths, sha256
 from SyntheticMRILib.models import segmenter
 from SyntheticMRILib.models.segmenter import (default_model_path, keep_largest_components, label_dice, load_model,
-                                          predict_classes, segment, structure_box, structure_dice)
+                                          predict_classes, segment, structure_box, structure_dice, volume_scale)
 from SyntheticMRILib.io.volumes import Volume, read_volume, write_volume
 
 from conftest import oblique_left_handed_direction
@@ -38,7 +39,7 @@ def sample_segmentation(sample):
 def test_shipped_weights_match_the_model_card():
     card = resource_path("Models", "MODEL_CARD.md").read_text()
     listed = dict(re.findall(r"`([\w./]+\.pt)`[^\n]*sha256 `([0-9a-f]{64})`", card))
-    assert {"subcortical.pt", "baselines/fixed.pt", "baselines/maps.pt", "baselines/random.pt"} <= set(listed)
+    assert {"subcortical.pt", "baselines/fixed.pt"} <= set(listed)
     for name, digest in listed.items():
         assert sha256(resource_path("Models", *name.split("/"))) == digest, name
     assert default_model_path().stat().st_size < 20 * 2 ** 20
@@ -51,8 +52,23 @@ def test_segment_on_the_sample_reaches_the_dice_bar_on_its_grid(sample, sample_s
     assert sample_segmentation.same_grid(labels, tolerance=0) and sample_segmentation.array.dtype == np.uint16
     assert set(np.unique(sample_segmentation.array)) <= {0, *STRUCTURES.values()}
     dice = structure_dice(sample_segmentation.array, labels.array)
-    assert np.mean(list(dice.values())) >= 0.80, dice
-    assert min(dice.values()) >= 0.5, dice
+    assert np.mean(list(dice.values())) >= 0.85, dice  # issue 12's bar on the sample (measured 0.886)
+    assert min(dice.values()) >= 0.7, dice
+
+
+def test_segment_on_thick_anisotropic_maps_lands_on_their_grid_and_finds_the_structures(sample):
+    """Maps resampled to 1.5 x 1.5 x 4 mm (axial slices 4 mm apart, as a clinical 2-D acquisition): the labels land on
+    that grid and agree with the true labels resampled the same way (nearest neighbour)."""
+    maps, labels = sample
+    spacing = (1.5, 1.5, 4.0)
+    size = [int(n * s0 // s) for n, s0, s in zip(labels.array.shape[::-1], labels.spacing, spacing)]
+    grid = Volume(np.zeros(size[::-1], np.float32), spacing, labels.origin, labels.direction)
+    coarse = [resample(maps.grid.with_array(m), grid) for m in (maps.t1, maps.t2, maps.pd)]
+    truth = resample(labels, grid.with_array(np.zeros(grid.array.shape, labels.array.dtype)), sitk.sitkNearestNeighbor)
+    result = segment(Maps(*coarse, grid=grid), load_model())
+    assert result.same_grid(grid, tolerance=0) and result.array.shape == truth.shape
+    dice = structure_dice(result.array, truth)
+    assert np.mean(list(dice.values())) >= 0.75, dice
 
 
 def head_box_tensors(*arrays):
@@ -70,7 +86,8 @@ def test_the_search_box_holds_every_structure_and_a_fraction_of_the_head(sample,
     if moved != "as it is":  # L-R flipped, and 25 voxels further anterior-posterior in a larger field of view
         arrays = [np.pad(a[:, :, ::-1], ((0, 0), (25, 0), (0, 0))) for a in arrays]
     tensors, origin = head_box_tensors(*arrays[:3])
-    box = structure_box(load_model(), tensors, torch.device("cpu"))
+    model = load_model()
+    box = structure_box(model, tensors, volume_scale(model, *tensors), torch.device("cpu"))
     inside = np.zeros(tensors[0].shape, bool)
     inside[box] = True
     truth = np.isin(arrays[3], list(STRUCTURES.values()))[tuple(slice(o, o + n) for o, n in zip(origin, inside.shape))]

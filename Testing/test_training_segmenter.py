@@ -14,9 +14,11 @@ from SyntheticMRILib.physics.protocols import LEARNABLE_RANGES as BOUNDS
 from SyntheticMRILib.training.config import SHIP_BAR, shipping_verdict
 from SyntheticMRILib.errors import InputError
 from SyntheticMRILib.resources import sample_paths
-from SyntheticMRILib.training.segmenter import (VARIANTS, SliceBank, TrainConfig, ValidationSet, _scanner, build_variant,
-                                          train_command, train_variant)
-from SyntheticMRILib.models.segmenter import load_model
+from SyntheticMRILib.io.volumes import read_volume
+from SyntheticMRILib.training.randomize import MAX_SLICES, ROWS, TISSUE_NAMES, MapRandomizer, tissue_numbers
+from SyntheticMRILib.training.segmenter import (VARIANTS, SliceBank, TrainConfig, ValidationSet, _scanner, _training_maps,
+                                                build_variant, train_command, train_variant)
+from SyntheticMRILib.models.segmenter import CLASS_NAMES, load_model
 
 TINY = dict(steps=4, batch=4, crop=64, channels=(8, 16, 32, 64), num_res_units=1, evaluations=2)
 
@@ -45,10 +47,12 @@ def test_a_few_steps_lower_the_loss_and_move_the_physics(bank):
     optimizer = torch.optim.Adam([{"params": model.unet.parameters(), "lr": 3e-3},
                                   {"params": model.contrast.parameters(), "lr": 0.05}])
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    t1, t2, pd, target = bank.sample(8, 64, 1.0, np.random.default_rng(0))  # one batch, learnt by heart
+    config = TrainConfig(**{**TINY, "batch": 8, "crop": 64, "focus": 1.0})
+    t1, t2, pd, scale, target = _training_maps(bank, config, MapRandomizer(), np.random.default_rng(0), model,
+                                               torch.device("cpu"))  # one batch, learnt by heart
     losses = []
     for _ in range(25):
-        loss = loss_function(model(t1, t2, pd), target[:, None])
+        loss = loss_function(model(t1, t2, pd, scale.detach()), target[:, None])
         optimizer.zero_grad()
         loss.backward()
         assert all(raw.grad is not None and torch.all(raw.grad != 0) for raw in model.contrast.raw)
@@ -72,12 +76,19 @@ def test_variants_differ_only_in_their_inputs():
         build_variant("nope", config)
 
 
-def test_crops_focus_on_structures(bank):
+def test_crops_focus_on_structures_and_bring_their_slab(bank):
     rng = np.random.default_rng(1)
-    *_, focused = bank.sample(32, 64, 1.0, rng)
-    *_, anywhere = bank.sample(32, 64, 0.0, rng)
+    tissues, focused, weights = bank.sample(32, 64, 1.0, rng)
+    _, anywhere, _ = bank.sample(32, 64, 0.0, rng)
     assert all(c.any() for c in focused)  # every focused crop holds a structure
     assert (focused > 0).float().mean() > (anywhere > 0).float().mean()
+    assert tissues.shape == (32, MAX_SLICES, 64, 64) and weights.shape == (32, ROWS)
+    labels = read_volume(sample_paths()["labels"]).array
+    np.testing.assert_array_equal(weights[0].numpy(), np.bincount(tissue_numbers(labels).ravel(), minlength=ROWS))
+    # the middle slice of each slab is the labelled one: its putamen voxels are putamen tissue
+    putamen = 1 + TISSUE_NAMES.index("putamen")
+    left_putamen = 1 + [n for n, name in enumerate(CLASS_NAMES[1:]) if name == "Left-Putamen"][0]
+    assert torch.all(tissues[:, MAX_SLICES // 2][focused == left_putamen] == putamen)
 
 
 def test_scanner_noise_is_absolute_so_a_darker_contrast_is_noisier():

@@ -5,8 +5,8 @@ The bundled sample (186 x 219 x 172 at 1 mm) goes through the very path of ``syn
 box, the U-Net on it slice by slice, largest connected components). The shipped model also runs on every
 slice of the head, as before the box search (``search=False``). Every model runs in a fresh process so that its peak memory (the
 process's maximum resident set; on a GPU also torch's peak allocation) is its own. The alternatives,
-in the same run on the same maps: the fixed clinical contrasts (T1w + T2w + T2-FLAIR) and the raw
-maps, each through the same U-Net, from Resources/Models/baselines. Printed anchors (not measured
+in the same run on the same maps: the fixed clinical contrasts (T1w + T2w + T2-FLAIR) through the same
+U-Net, from Resources/Models/baselines. Printed anchors (not measured
 here): FastSurfer, about a minute per brain on a GPU for its whole pipeline; SynthSeg, minutes on a CPU.
 
     python benchmarks/segment.py [--repeat 3] [--device cpu|cuda] [--threads N]
@@ -29,7 +29,7 @@ import time
 import torch
 
 MODELS = {"learned contrast (shipped)": ("subcortical.pt",), "fixed clinical contrasts": ("baselines", "fixed.pt"),
-          "raw T1/T2/PD maps": ("baselines", "maps.pt"), "shipped, every slice (before)": ("subcortical.pt",)}
+          "shipped, every slice (before)": ("subcortical.pt",)}
 EVERY_SLICE = "shipped, every slice (before)"  # the same network without the structure box (search=False)
 
 

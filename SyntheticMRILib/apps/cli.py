@@ -21,7 +21,7 @@ from ..io.maps import MAP_NAMES, UNITS, Maps, load_maps
 from ..io.volumes import EXTENSIONS, check_output, check_output_file, check_output_folder, write_volume
 from ..physics.protocols import NULLED_IR, PRESETS, SEQUENCES, Protocol, preset, protocol_from_args
 from ..physics.routine import RANGES_MS, SERIES, outside_ranges
-from ..training.config import MAP_VARIANTS, VARIANTS, MapTrainConfig, ReparamTrainConfig, TrainConfig
+from ..training.config import MAP_VARIANTS, VARIANTS, ClaimConfig, MapTrainConfig, ReparamTrainConfig, TrainConfig
 from ..cohort.recipe import STORAGES
 from ..cohort.schedulers import LOCAL
 from ..jobs import LEARNED_INDEX, progress_line, write_learned_index, write_structure_volumes
@@ -130,6 +130,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the crops, noise and initial weights")
     train.add_argument("--no-resume", action="store_true", help="start over instead of continuing from checkpoints")
     _device_argument(train)
+
+    claim = commands.add_parser("claim-seg", help="learned vs fixed contrasts at K = 1, 2, 3 contrasts and two noise "
+                                                  "levels, seeds repeated: the table that tests the headline claim")
+    claim.add_argument("--data", required=True, type=Path, help="folder with train/, val/, test/ phantom folders")
+    claim.add_argument("-o", "--output", required=True, type=Path, help="folder: one sub-folder per training, claim.md")
+    claim.add_argument("--contrasts", default=_joined(ClaimConfig.contrasts), help="comma-separated K values")
+    claim.add_argument("--snr", default=_joined(ClaimConfig.snr), help="comma-separated noise levels (fully relaxed PD=1 over sigma)")
+    claim.add_argument("--seeds", default=_joined(ClaimConfig.seeds), help="comma-separated seeds")
+    claim.add_argument("--grid-ti", default=_joined(ClaimConfig.grid_ti), metavar="MS,...",
+                       help="K = 1 fixed inversion-recovery TIs, ms ('none': no grid)")
+    claim.add_argument("--steps", type=int, default=ClaimConfig().train.steps, help="optimizer steps per training")
+    _device_argument(claim)
 
     maps = commands.add_parser("maps", help="T1/T2/PD maps from routine T1w, T2w and FLAIR series and their TR/TE/TI "
                                             "(a network with parameter embedding)")
@@ -478,6 +490,44 @@ def cmd_train_seg(args: argparse.Namespace) -> None:
     train_command(args.data, args.output, variants, config, pick_device(args.device), resume=not args.no_resume)
 
 
+def _joined(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _numbers(text: str, kind: Callable = float, name: str = "") -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--{name}: {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise InputError(f"--{name}: give at least one value")
+    return values
+
+
+def cmd_claim_seg(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ..training.claim import claim_command
+
+    contrasts = _numbers(args.contrasts, int, "contrasts")
+    if any(k not in (1, 2, 3) for k in contrasts):
+        raise InputError(f"--contrasts: K is 1, 2 or 3, not {args.contrasts}")
+    snr = _numbers(args.snr, float, "snr")
+    if any(v <= 0 for v in snr):
+        raise InputError("--snr: noise levels must be positive")
+    defaults = ClaimConfig()
+    grid_ti = () if args.grid_ti.strip().lower() == "none" else _numbers(args.grid_ti, float, "grid-ti")
+    if any(not 0 < ti < defaults.grid_tr for ti in grid_ti):
+        raise InputError(f"--grid-ti: each TI must lie between 0 and the grid's TR, {defaults.grid_tr:g} ms")
+    claim = ClaimConfig(contrasts=contrasts, snr=snr, seeds=_numbers(args.seeds, int, "seeds"), grid_ti=grid_ti,
+                        train=replace(defaults.train, steps=args.steps))
+    report = claim_command(args.data, args.output, claim, pick_device(args.device))
+    for row in report["table"]:
+        print(f"K={row['k']} SNR {row['snr']:g}: learned - fixed ({row['fixed_set']}) = {row['difference'][0]:+.3f} "
+              f"± {row['difference'][1]:.3f}, p = {row['p']:.3f}")
+    print(f"table: {args.output / 'claim.md'}")
+
+
 def cmd_maps(args: argparse.Namespace) -> None:
     from ..io.series import load_series
     from ..models.mapper import estimate_maps, load_mapper
@@ -577,7 +627,7 @@ def cmd_web(args: argparse.Namespace) -> None:
           args.allow_host)
 
 
-COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg, "train-maps": cmd_train_maps, "maps": cmd_maps,
+COMMANDS = {"synth": cmd_synth, "presets": cmd_presets, "info": cmd_info, "batch": cmd_batch, "demo": cmd_demo, "phantom": cmd_phantom, "train-seg": cmd_train_seg, "claim-seg": cmd_claim_seg, "train-maps": cmd_train_maps, "maps": cmd_maps,
             "reparam": cmd_reparam, "train-reparam": cmd_train_reparam,
             "segment": cmd_segment, "contrast": cmd_contrast, "web": cmd_web}
 

@@ -20,7 +20,7 @@ from ..physics.protocols import LEARNABLE_RANGES as BOUNDS, LEARNABLE_TE_FRACTIO
 from ..physics.protocols import SEQUENCES, Protocol, preset
 from ..physics.synthesis import synthesize
 
-__all__ = ["LearnableContrast", "normalize_contrasts"]
+__all__ = ["LearnableContrast"]
 
 _EPS = 1e-4
 
@@ -136,14 +136,3 @@ class LearnableContrast(nn.Module):
 
     def forward(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor) -> torch.Tensor:
         return torch.stack([synthesize(t1, t2, pd, p) for p in self.tensor_protocols()], dim=1)
-
-
-def normalize_contrasts(images: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each image ``[B, K, H, W]`` divided by its mean magnitude inside ``mask`` ``[B, H, W]`` (differentiable).
-
-    A scanner's intensity scale is arbitrary; this makes the U-Net see the contrast only.
-    """
-    weights = mask.to(images.dtype).unsqueeze(1)
-    count = weights.flatten(2).sum(-1).clamp(min=1.0)
-    mean = (images.abs() * weights).flatten(2).sum(-1) / count
-    return images / (mean[..., None, None] + eps)

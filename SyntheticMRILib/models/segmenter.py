@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from .contrast import LearnableContrast, normalize_contrasts
+from .contrast import LearnableContrast
 from ..io.grid import model_grid, pad_to, resample
 from ..errors import InputError
 from ..io.maps import TISSUE_PD, Maps, relaxation_problem, tissue_mask
@@ -28,7 +28,7 @@ from ..io.volumes import PathLike, Volume
 
 __all__ = [
     "LABELS", "CLASS_NAMES", "SegmentationModel", "load_model", "save_model", "default_model_path",
-    "check_brain_maps", "segment", "predict_classes", "structure_box", "SEARCH_STRIDE", "BOX_MARGIN",
+    "check_brain_maps", "segment", "predict_classes", "volume_scale", "structure_box", "SEARCH_STRIDE", "BOX_MARGIN",
     "keep_largest_components", "label_volumes_ml", "label_dice", "structure_dice",
 ]
 
@@ -68,21 +68,33 @@ class SegmentationModel(nn.Module):
         """Slice height and width must be multiples of this (one halving per U-Net level)."""
         return 2 ** (len(self.config["channels"]) - 1)
 
-    def images(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
-               scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-        """The U-Net's input ``[B, C, H, W]`` from maps ``[B, H, W]``; ``scanner`` adds acquisition effects
-        (training augmentation) before the intensity normalization, as a real scan would have them."""
+    def _raw(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor) -> torch.Tensor:
         if self.contrast is None:
-            x = torch.stack([m / s for m, s in zip((t1, t2, pd), _MAP_SCALE)], dim=1)
-            return x if scanner is None else scanner(x)
-        x = self.contrast(t1, t2, pd)
+            return torch.stack([m / s for m, s in zip((t1, t2, pd), _MAP_SCALE)], dim=1)
+        return self.contrast(t1, t2, pd)
+
+    def scale(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The one normalization of training and inference: each input channel's weighted mean magnitude ``[B, C]``
+        over the head voxels of a whole volume, given as ``[B, N]`` maps and ``weights`` (voxel counts: 1 per voxel at
+        inference; in training, the voxel count of each tissue, whose values are the N entries). Voxels with PD 0 are
+        not head."""
+        weights = weights.to(t1.dtype) * (pd > 0).to(t1.dtype)
+        raw = self._raw(t1, t2, pd).abs()  # [B, C, N]
+        return (raw * weights[:, None]).sum(-1) / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+
+    def images(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor, scale: torch.Tensor,
+               scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """The U-Net's input ``[B, C, H, W]`` from maps ``[B, H, W]``, divided by ``scale`` ``[B, C]`` (:meth:`scale` of
+        their volume). ``scanner`` adds acquisition effects (training augmentation, an experiment's noise) before the
+        normalization, as a real scan would have them."""
+        x = self._raw(t1, t2, pd)
         if scanner is not None:
             x = scanner(x)
-        return normalize_contrasts(x, pd > 0)
+        return x / (scale[..., None, None] + 1e-6)
 
-    def forward(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
+    def forward(self, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor, scale: torch.Tensor,
                 scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-        return self.unet(self.images(t1, t2, pd, scanner))
+        return self.unet(self.images(t1, t2, pd, scale, scanner))
 
 
 # --------------------------------------------------------------------------- files
@@ -108,10 +120,15 @@ def load_model(path: Optional[PathLike] = None, device: torch.device = torch.dev
         raise InputError(f"{path}: model file not found")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = SegmentationModel(saved["config"])
-        model.load_state_dict(saved["state_dict"])
-    except (RuntimeError, KeyError, EOFError, ValueError) as error:
+        old = saved["config"].get("normalization") != "volume"
+        model = None if old else SegmentationModel(saved["config"])
+        if model is not None:
+            model.load_state_dict(saved["state_dict"])
+    except (RuntimeError, KeyError, EOFError, ValueError, AttributeError) as error:
         raise InputError(f"{path}: not a SyntheticMRI segmentation model ({type(error).__name__})") from None
+    if model is None:
+        raise InputError(f"{path}: trained before the per-volume normalization (each slice normalized on its own); "
+                         "retrain it with syntheticmri train-seg")
     return model.to(device).eval()
 
 
@@ -150,7 +167,7 @@ def check_brain_maps(maps: Maps) -> None:
 
 # The box that holds the structures (chosen on `val`, 6 subjects, among strides 4/6/8 and margins 16/24/32 voxels):
 # every 6th axial slice is enough to find them (the shortest, the accumbens, spans about 10 slices), and the margin
-# covers what lies between searched slices. The network also scores better on the box than on whole slices: its
+# covers what lies between searched slices. The network also scored better on the box than on whole slices: its
 # instance normalization was trained on 96-pixel crops around the structures, which the box resembles.
 SEARCH_STRIDE = 6
 BOX_MARGIN = (SEARCH_STRIDE + 4, 16, 16)  # voxels (k, j, i) around what the search found
@@ -163,7 +180,8 @@ def _classes(model: SegmentationModel, images: torch.Tensor) -> np.ndarray:
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
 
-def structure_box(model: SegmentationModel, maps: Sequence[torch.Tensor], device: torch.device, batch: int = 16,
+def structure_box(model: SegmentationModel, maps: Sequence[torch.Tensor], scale: torch.Tensor,
+                  device: torch.device, batch: int = 16, scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                   progress: Optional[Callable[[int], None]] = None) -> Optional[Tuple[slice, slice, slice]]:
     """Where the structures are in ``maps`` (T1, T2, PD ``[k, j, i]`` tensors of a head box): the network run on every
     :data:`SEARCH_STRIDE`-th slice, each structure's largest piece across them grown by :data:`BOX_MARGIN`; None
@@ -173,7 +191,7 @@ def structure_box(model: SegmentationModel, maps: Sequence[torch.Tensor], device
     stack = []
     for start in range(0, len(searched), batch):
         ks = searched[start:start + batch].tolist()
-        stack.append(_classes(model, model.images(*[m[ks].to(device) for m in maps])))
+        stack.append(_classes(model, model.images(*[m[ks].to(device) for m in maps], scale, scanner)))
         if progress is not None:
             progress(len(ks))
     # The searched slices stacked: a structure is one piece across them, a stray voxel far away is not.
@@ -191,16 +209,26 @@ def structure_box(model: SegmentationModel, maps: Sequence[torch.Tensor], device
     return tuple(box)
 
 
+def volume_scale(model: SegmentationModel, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
+                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """:meth:`SegmentationModel.scale` of a whole volume's maps ``[k, j, i]`` (each head voxel counts once), ``[1, C]``
+    on ``device``."""
+    head = pd > 0
+    voxels = [m[head].to(device)[None] for m in (t1, t2, pd)]
+    return model.scale(*voxels, torch.ones_like(voxels[0]))
+
+
 @torch.no_grad()
 def predict_classes(model: SegmentationModel, t1: np.ndarray, t2: np.ndarray, pd: np.ndarray,
                     device: torch.device = torch.device("cpu"), batch: int = 16,
-                    progress: Optional[Callable[[int, int], None]] = None, search: bool = True) -> np.ndarray:
+                    progress: Optional[Callable[[int, int], None]] = None, search: bool = True,
+                    scanner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> np.ndarray:
     """Class indices ``[k, j, i]`` (uint8) of maps already on the model's grid, axial slice by slice.
 
     The network sees the bounding box of the head (PD > 0), and with ``search`` only the box that holds the
     structures (:func:`structure_box`; the whole head box when the search finds nothing). Each slice's contrasts
-    are normalized over the whole head slice either way, as in training, so a voxel's input does not depend on
-    the box. ``progress(done, total)`` is called after each batch of slices.
+    are divided by their head means over the whole volume (:func:`volume_scale`), as in training, so a voxel's input
+    does not depend on the box. ``progress(done, total)`` is called after each batch of slices.
     """
     model.eval()
     out = np.zeros(t1.shape, np.uint8)
@@ -218,12 +246,13 @@ def predict_classes(model: SegmentationModel, t1: np.ndarray, t2: np.ndarray, pd
         if progress is not None:
             progress(done, total)
 
-    box = structure_box(model, maps, device, batch, step) if search else None
+    scale = volume_scale(model, *maps, device=device)
+    box = structure_box(model, maps, scale, device, batch, scanner, step) if search else None
     ks, js, is_ = box or (slice(0, k1 - k0), slice(0, j1 - j0), slice(0, i1 - i0))
     total = done + ks.stop - ks.start
     for start in range(ks.start, ks.stop, batch):
         stop = min(start + batch, ks.stop)
-        images = model.images(*[m[start:stop].to(device) for m in maps])[..., js, is_]
+        images = model.images(*[m[start:stop].to(device) for m in maps], scale, scanner)[..., js, is_]
         out[k0 + start:k0 + stop, j0 + js.start:j0 + js.stop, i0 + is_.start:i0 + is_.stop] = _classes(model, images)
         step(stop - start)
     return out

@@ -45,7 +45,7 @@ from ..physics.tissues import FREESURFER_TISSUE, relaxation
 from ..io.volumes import Volume
 
 __all__ = [
-    "CSF_EXTRACEREBRAL", "SKULL", "DIPLOE", "MUSCLE", "ADIPOSE", "SKIN", "HEAD_LABEL_NAMES", "HEAD_TISSUE",
+    "CSF_EXTRACEREBRAL", "SKULL", "DIPLOE", "MUSCLE", "ADIPOSE", "SKIN", "HEAD_LABEL_NAMES", "HEAD_TISSUE", "TISSUE_NAMES",
     "Layer", "HeadModel", "MapVariation",
     "aparc_to_aseg", "physical_coordinates", "smooth_random_field", "gaussian_smooth",
     "pad_volume", "crop_volume", "foreground_box", "crop_to_foreground",
@@ -78,6 +78,9 @@ HEAD_TISSUE: Dict[int, str] = {
     ADIPOSE: "fat",
     SKIN: "muscle",
 }
+
+TISSUE_NAMES: Tuple[str, ...] = tuple(sorted(set(HEAD_TISSUE.values())))
+"""The tissues a head label map can hold, in the order training code numbers them."""
 
 Seed = Union[int, Sequence[int]]
 

@@ -2,10 +2,10 @@
 the defaults without loading the training stack."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Tuple
 
-__all__ = ["TrainConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict", "MapTrainConfig", "MAP_VARIANTS", "REPARAM_ENGINES",
+__all__ = ["TrainConfig", "ClaimConfig", "VARIANTS", "SHIP_BAR", "shipping_verdict", "MapTrainConfig", "MAP_VARIANTS", "REPARAM_ENGINES",
            "DIRECT_MODES", "ReparamTrainConfig"]
 
 VARIANTS = ("learned", "fixed", "maps", "random")
@@ -31,6 +31,24 @@ class TrainConfig:
     num_res_units: int = 2
     seed: int = 0
     random_start_seed: int = 1
+
+
+def _claim_recipe() -> TrainConfig:
+    # Smaller than the product's: about 50 trainings on 2 CPU cores. No model selection (one evaluation, the end).
+    return TrainConfig(steps=800, channels=(16, 32, 64, 128), num_res_units=1, evaluations=1)
+
+
+@dataclass
+class ClaimConfig:
+    """The learned-vs-fixed experiment (``syntheticmri claim-seg``): which K, noise levels, seeds and K = 1 TI grid."""
+
+    contrasts: Tuple[int, ...] = (1, 2, 3)
+    snr: Tuple[float, ...] = (30.0, 100.0)  # fully relaxed PD = 1 signal over the noise sigma: T2w WM at 3-6, 10-20
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    grid_ti: Tuple[float, ...] = (300.0, 600.0, 900.0, 1300.0, 2000.0, 3000.0)
+    grid_tr: float = 6000.0
+    grid_te: float = 10.0
+    train: TrainConfig = field(default_factory=_claim_recipe)
 
 
 # What a segmenter must reach on `test` before train-seg recommends shipping it (the bar of the issue that asked

@@ -28,7 +28,7 @@ from .augment import scanner_effects
 from ..errors import InputError
 from ..io.volumes import PathLike, read_volume
 from ..models.mapper import network_input, series_scales
-from ..phantoms.head import HEAD_TISSUE, tissue_index
+from ..phantoms.head import TISSUE_NAMES, tissue_index
 from ..phantoms.manifest import read_manifest
 from ..physics.protocols import Protocol
 from ..physics.routine import SERIES, draw_protocols, parameter_vector
@@ -36,7 +36,6 @@ from ..physics.synthesis import synthesize
 
 __all__ = ["RandomTissueValues", "Acquisition", "ScanAcquisition", "acquire_one", "acquire", "RoutineBank", "TISSUE_NAMES"]
 
-TISSUE_NAMES: Tuple[str, ...] = tuple(sorted(set(HEAD_TISSUE.values())))
 # Weights of the polynomial terms of a smooth field (constant, 3 linear, 6 quadratic): unit variance on average
 # over the head, the constant term excluded (the shared factor of RandomTissueValues already moves the mean).
 _FIELD_WEIGHTS = np.array([0.0] + [0.9] * 3 + [0.6] * 6, np.float32)

@@ -31,8 +31,9 @@ import torch
 from ..models.contrast import DEFAULT_PRESETS, LearnableContrast
 from .config import SHIP_BAR, VARIANTS, TrainConfig, shipping_verdict
 from ..errors import InputError
-from ..io.maps import load_maps
+from ..io.maps import Maps, load_maps
 from .augment import scanner_effects
+from .randomize import MAX_SLICES, MapRandomizer, Randomization, randomized_maps, tissue_numbers, volume_weights
 from ..physics.protocols import preset
 from ..models.segmenter import (CLASS_NAMES, LABELS, SegmentationModel, label_dice, load_model, predict_classes,
                                 save_model, segment)
@@ -44,7 +45,8 @@ __all__ = ["TrainConfig", "VARIANTS", "build_variant", "SliceBank", "train_varia
            "train_command"]
 
 def build_variant(name: str, config: TrainConfig) -> SegmentationModel:
-    model_config = {"channels": list(config.channels), "num_res_units": config.num_res_units, "variant": name}
+    model_config = {"channels": list(config.channels), "num_res_units": config.num_res_units, "variant": name,
+                    "normalization": "volume"}
     if name == "maps":
         return SegmentationModel({**model_config, "inputs": "maps"})
     if name in ("learned", "fixed"):
@@ -72,54 +74,72 @@ def _classes(labels: np.ndarray) -> np.ndarray:
 
 
 class SliceBank:
-    """The axial slices of a phantom folder in memory: maps ``[N, H, W]`` and classes, for crop sampling."""
+    """The training subjects in memory as tissue numbers and classes (axial slabs around their structures), for crops
+    whose maps are drawn anew each time by :class:`~.randomize.MapRandomizer`."""
 
     def __init__(self, folder: PathLike, limit: Optional[int] = None) -> None:
-        subjects = _subject_files(Path(folder))[:limit]
-        maps: List[List[np.ndarray]] = [[], [], []]
-        classes = []
-        for files in subjects:
+        self.tissues: List[torch.Tensor] = []
+        self.classes: List[torch.Tensor] = []
+        self.weights: List[torch.Tensor] = []  # voxels per tissue number over the whole volume: the normalization's
+        for files in _subject_files(Path(folder))[:limit]:
             labels = read_volume(files["labels"])
             if not np.allclose(labels.spacing, 1.0, atol=1e-3):
                 raise InputError(f"{files['labels']}: training needs 1 mm phantoms")
-            keep = np.flatnonzero(labels.array.reshape(labels.array.shape[0], -1).any(1))
-            classes.append(_classes(labels.array[keep]))
-            for n, name in enumerate(("t1", "t2", "pd")):
-                maps[n].append(read_volume(files[name]).array[keep].astype(np.float32))
-        self.t1, self.t2, self.pd = (torch.from_numpy(np.concatenate(m)) for m in maps)
-        self.classes = torch.from_numpy(np.concatenate(classes))
-        self.with_structures = torch.nonzero(self.classes.flatten(1).amax(1) > 0).flatten()
-        self.subjects = len(subjects)
+            numbers = tissue_numbers(labels.array)
+            rows = np.flatnonzero(labels.array.reshape(labels.array.shape[0], -1).any(1))
+            keep = slice(max(rows[0] - MAX_SLICES // 2, 0), rows[-1] + MAX_SLICES // 2 + 1)
+            self.tissues.append(torch.from_numpy(numbers[keep]))
+            self.classes.append(torch.from_numpy(_classes(labels.array[keep])))
+            self.weights.append(torch.from_numpy(volume_weights(numbers)))
+        self.with_structures = [(n, int(k)) for n, c in enumerate(self.classes)
+                                for k in torch.nonzero(c.flatten(1).amax(1) > 0).flatten()]
+        self.subjects = len(self.tissues)
 
     def sample(self, count: int, crop: int, focus: float, rng: np.random.Generator) -> Tuple[torch.Tensor, ...]:
-        """``count`` random ``crop``-square patches: t1, t2, pd ``[B, crop, crop]`` and classes (long)."""
-        n, h, w = self.classes.shape
-        if h < crop or w < crop:
-            raise InputError(f"slices of {h}x{w} are smaller than the crop {crop}")
-        patches: List[List[torch.Tensor]] = [[], [], [], []]
+        """``count`` random ``crop``-square patches: tissue numbers ``[B, MAX_SLICES, crop, crop]`` (the slab around
+        the labelled slice), classes ``[B, crop, crop]`` (long) and the tissue weights of their volumes ``[B, ROWS]``."""
+        patches: List[List[torch.Tensor]] = [[], [], []]
         for _ in range(count):
             if rng.random() < focus:
-                s = int(self.with_structures[rng.integers(len(self.with_structures))])
-                ys, xs = torch.nonzero(self.classes[s], as_tuple=True)
+                n, k = self.with_structures[rng.integers(len(self.with_structures))]
+                ys, xs = torch.nonzero(self.classes[n][k], as_tuple=True)
                 pick = rng.integers(len(ys))
                 cy, cx = int(ys[pick]) + rng.integers(-crop // 4, crop // 4 + 1), int(xs[pick]) + rng.integers(-crop // 4, crop // 4 + 1)
             else:
-                s, cy, cx = int(rng.integers(n)), int(rng.integers(h)), int(rng.integers(w))
-            y0 = int(np.clip(cy - crop // 2, 0, h - crop))
-            x0 = int(np.clip(cx - crop // 2, 0, w - crop))
-            for store, source in zip(patches, (self.t1, self.t2, self.pd, self.classes)):
-                store.append(source[s, y0:y0 + crop, x0:x0 + crop])
-        t1, t2, pd, classes = (torch.stack(p) for p in patches)
-        return t1, t2, pd, classes.long()
+                n = int(rng.integers(self.subjects))
+                k, cy, cx = (int(rng.integers(size)) for size in self.classes[n].shape)
+            d, h, w = self.classes[n].shape
+            if h < crop or w < crop:
+                raise InputError(f"slices of {h}x{w} are smaller than the crop {crop}")
+            y0, x0 = int(np.clip(cy - crop // 2, 0, h - crop)), int(np.clip(cx - crop // 2, 0, w - crop))
+            ks = torch.arange(k - MAX_SLICES // 2, k + MAX_SLICES // 2 + 1).clamp(0, d - 1)
+            patches[0].append(self.tissues[n][ks, y0:y0 + crop, x0:x0 + crop])
+            patches[1].append(self.classes[n][k, y0:y0 + crop, x0:x0 + crop])
+            patches[2].append(self.weights[n])
+        tissues, classes, weights = (torch.stack(p) for p in patches)
+        return tissues, classes.long(), weights
 
 
-def _scanner(config: TrainConfig, rng: np.random.Generator, maps_input: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def _training_maps(bank: SliceBank, config: TrainConfig, randomizer: MapRandomizer, rng: np.random.Generator,
+                   model: SegmentationModel, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """One batch: maps of freshly drawn tissue values (the labelled slice of each slab), their volumes' normalization
+    scales (:meth:`SegmentationModel.scale` over the tissue values, weighted by voxel counts) and the classes."""
+    tissues, classes, weights = bank.sample(config.batch, config.crop, config.focus, rng)
+    generator = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+    values = randomizer.values(len(tissues), generator)
+    t1, t2, pd = (m[:, MAX_SLICES // 2].to(device) for m in randomizer.render(tissues, values, generator))
+    table = values.to(torch.float32).to(device)
+    scale = model.scale(table[..., 0], table[..., 1], table[..., 2], weights.to(device))
+    return t1, t2, pd, scale, classes.to(device)
+
+
+def _scanner(config: TrainConfig, rng: np.random.Generator, maps_input: bool) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """One draw of acquisition effects for a batch (each image still gets its own noise and bias field)."""
     generator = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
     loss = float(rng.uniform(*config.resolution_loss))
     snr = float(rng.uniform(*config.snr))
-    if maps_input:  # fitted maps: noisy and blurred, but a coil bias cancels out of T1 and T2
-        return lambda x: scanner_effects(x, generator, snr=snr / 5, bias=0.0, resolution_loss=loss)
+    if maps_input:  # fitted maps: their noise and blur are the randomizer's; a coil bias cancels out of T1 and T2
+        return None
     return lambda x: scanner_effects(x, generator, snr=None, sigma=1.0 / snr, bias=config.bias, resolution_loss=loss)
 
 
@@ -143,37 +163,50 @@ def _hd95(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
     return HausdorffDistanceMetric(include_background=False, percentile=95)(p, t, spacing=list(spacing)[::-1])[0].numpy()
 
 
-def _bounding_slab(classes: np.ndarray, margin: int = 4) -> Tuple[slice, slice, slice]:
-    nonzero = np.argwhere(classes > 0)
-    low = np.maximum(nonzero.min(0) - margin, 0)
-    high = np.minimum(nonzero.max(0) + margin + 1, classes.shape)
-    return tuple(slice(a, b) for a, b in zip(low, high))  # type: ignore[return-value]
+EVALUATION_SEED = 1000  # the randomized draws of validation and evaluation subjects (fixed: every variant sees the same)
+
+
+def _randomized(files: Dict[str, Path], randomization: Randomization, seed: int) -> Maps:
+    labels = read_volume(files["labels"])
+    return Maps(*randomized_maps(labels.array, randomization, seed), grid=labels)
 
 
 class ValidationSet:
-    """Validation subjects cut to the slab around their structures: a quick Dice for model selection."""
+    """Validation subjects with randomized maps (:data:`EVALUATION_SEED`): the Dice that selects the model."""
 
     def __init__(self, folder: PathLike, limit: Optional[int] = None) -> None:
         self.items = []
-        for files in _subject_files(Path(folder))[:limit]:
-            classes = _classes(read_volume(files["labels"]).array)
-            box = _bounding_slab(classes)
-            maps = tuple(read_volume(files[n]).array[box[0]].astype(np.float32) for n in ("t1", "t2", "pd"))
-            self.items.append((maps, classes[box[0]]))
+        for n, files in enumerate(_subject_files(Path(folder))[:limit]):
+            maps = _randomized(files, Randomization(), EVALUATION_SEED + n)
+            self.items.append(((maps.t1, maps.t2, maps.pd), _classes(read_volume(files["labels"]).array)))
 
     def mean_dice(self, model: SegmentationModel, device: torch.device) -> float:
-        # Every slice, as when the shipped model was selected: its recipe reproduces as it was.
-        scores = [_structure_dice(predict_classes(model, *maps, device=device, search=False), classes)
-                  for maps, classes in self.items]
+        scores = [_structure_dice(predict_classes(model, *maps, device=device), classes) for maps, classes in self.items]
         return float(np.mean(scores))
 
 
+SPLITS = ("test", "randomized", "stress", "external")
+
+
+def evaluation_splits(data: Path) -> Dict[str, Tuple[Path, Optional[Randomization]]]:
+    """Name -> (phantom folder, randomization of its maps or None for the folder's own maps): ``test`` as generated,
+    ``randomized`` (the test anatomy with maps drawn as in training), ``stress`` (values 10 % outside the training
+    ranges, doubled map noise), ``external`` when generated."""
+    splits = {"test": (data / "test", None), "randomized": (data / "test", Randomization()),
+              "stress": (data / "test", Randomization().stressed()), "external": (data / "external", None)}
+    return {name: split for name, split in splits.items() if has_manifest(split[0])}
+
+
 def evaluate_folder(model: SegmentationModel, folder: PathLike, device: torch.device,
-                    progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Dice and HD95 of every structure of every subject of a phantom folder, through :func:`segment`."""
+                    progress: Optional[Callable[[str], None]] = None, randomization: Optional[Randomization] = None) -> Dict[str, Any]:
+    """Dice and HD95 of every structure of every subject of a phantom folder, through :func:`segment`; with
+    ``randomization``, on maps drawn from each subject's labels (seeded by its position) instead of its own maps."""
     rows = []
-    for files in _subject_files(Path(folder)):
-        maps = load_maps(files["t1"], files["t2"], files["pd"])
+    for n, files in enumerate(_subject_files(Path(folder))):
+        if randomization is None:
+            maps = load_maps(files["t1"], files["t2"], files["pd"])
+        else:
+            maps = _randomized(files, randomization, EVALUATION_SEED + 100 + n)
         start = time.perf_counter()
         labels = segment(maps, model, device)
         seconds = time.perf_counter() - start
@@ -216,15 +249,17 @@ def _schedule(config: TrainConfig, warmup_share: float) -> Callable[[int], float
 
 
 def train_variant(name: str, config: TrainConfig, bank: SliceBank, validation: ValidationSet, out: Path,
-                  device: torch.device, resume: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train one variant; ``out/<name>/`` gets ``checkpoint.pt`` (resumable), ``best.pt`` and ``history.json``."""
+                  device: torch.device, resume: bool = True, log: Callable[[str], None] = print,
+                  model: Optional[SegmentationModel] = None) -> Dict[str, Any]:
+    """Train one variant (``model``, or :func:`build_variant` of ``name``); ``out/<name>/`` gets ``checkpoint.pt``
+    (resumable), ``best.pt`` and ``history.json``."""
     from monai.losses import DiceCELoss
     from tqdm import tqdm
 
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = build_variant(name, config).to(device)
+    model = (model if model is not None else build_variant(name, config)).to(device)
     physics = [p for p in model.contrast.parameters() if p.requires_grad] if model.contrast is not None else []
     groups = [{"params": list(model.unet.parameters()), "lr": config.lr, "weight_decay": config.weight_decay}]
     if physics:
@@ -234,6 +269,7 @@ def train_variant(name: str, config: TrainConfig, bank: SliceBank, validation: V
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     rng = np.random.default_rng(config.seed)  # the same crops, in the same order, for every variant
+    randomizer = MapRandomizer(Randomization())
     history: Dict[str, Any] = {"variant": name, "config": asdict(config), "evaluations": [], "seconds": 0.0,
                                "start": _protocol_log(model)}
     step, best = 0, -1.0
@@ -255,8 +291,8 @@ def train_variant(name: str, config: TrainConfig, bank: SliceBank, validation: V
     bar = tqdm(total=config.steps, initial=step, desc=f"train {name}", unit="step", dynamic_ncols=True)
     while step < config.steps:
         model.train()
-        t1, t2, pd, target = (x.to(device) for x in bank.sample(config.batch, config.crop, config.focus, rng))
-        logits = model(t1, t2, pd, _scanner(config, rng, model.contrast is None))
+        t1, t2, pd, scale, target = _training_maps(bank, config, randomizer, rng, model, device)
+        logits = model(t1, t2, pd, scale, _scanner(config, rng, model.contrast is None))
         loss = loss_function(logits, target[:, None])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -310,7 +346,7 @@ def _table(results: Dict[str, Dict[str, Any]], split: str, key: str, fmt: str) -
 def write_report(results: Dict[str, Dict[str, Any]], out: Path) -> Path:
     """``report.md`` (Dice and HD95 tables per split, learned parameters), ``training.png`` and ``dice.png``."""
     lines = ["# Subcortical segmentation: learned contrast vs baselines", ""]
-    for split in ("test", "external"):
+    for split in SPLITS:
         if not any(split in r["evaluation"] for r in results.values()):
             continue
         lines += [f"## {split}: Dice", ""] + _table(results, split, "dice", "{:.3f}") + [""]
@@ -340,7 +376,7 @@ def _plot_dice(results: Dict[str, Dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = [s for s in ("test", "external") if any(s in r["evaluation"] for r in results.values())]
+    splits = [s for s in SPLITS if any(s in r["evaluation"] for r in results.values())]
     if not splits:
         return
     figure, axes = plt.subplots(len(splits), 1, figsize=(15, 3.6 * len(splits)), squeeze=False)
@@ -454,11 +490,13 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "- Research use on whole-brain adult T1/T2/PD maps (any grid: inputs are resampled to 1 mm and back). "
         "Not a medical device.",
         f"- Trained only on phantoms: every training subject is a diffeomorphic warp of one of "
-        f"{len(anatomies)} anatomies ({', '.join(anatomies)}) with drawn relaxation "
-        "values at 3 T. `test` holds unseen warps of the same anatomies, so its scores are optimistic; `external` "
-        "is another anatomy (IBSR) at 1.5 T and is the honest estimate of generalization. The bundled sample is "
-        "cvs_avg35 itself: a Dice on it is a regression check, not a generalization estimate. No real acquired "
-        "maps were available offline.",
+        f"{len(anatomies)} anatomies ({', '.join(anatomies)}); the maps of every crop are drawn anew from its labels "
+        "(tissue values, fields, texture, noise, resolution: the randomization below). `test` holds unseen warps of "
+        "the same anatomies with the generator's own maps, `randomized` the same subjects with maps drawn as in "
+        "training, `stress` with tissue values 10 % outside the training ranges and doubled map noise; `external` is "
+        "another anatomy (IBSR) at 1.5 T with the generator's maps and is the honest estimate of generalization. The "
+        "bundled sample is cvs_avg35 itself: a Dice on it is a regression check, not a generalization estimate. No "
+        "real acquired maps were available offline.",
         "- `subcortical.pt` is the `learned` variant by design (the product's model is the learned contrast); the "
         "comparison below did not choose it.",
         "- Healthy anatomy only; lesions near the structures were not part of training.",
@@ -466,14 +504,16 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         "## Data and splits",
         "",
         *[_split_summary(split, info) for split, info in manifests.items()],
-        "- Model selection on `val` only (mean Dice over the structure slab every "
+        "- Model selection on `val` only (mean Dice of its subjects with randomized maps, every "
         f"{config.steps // config.evaluations} steps); `test` and `external` were read once, after training.",
         "",
         "## Recipe",
         "",
         f"- U-Net: MONAI `UNet`, 2-D, channels {list(config.channels)}, strides 2, {config.num_res_units} residual "
-        "units, 15 outputs; input: the 3 contrasts, each divided by its mean over the head voxels of the image "
-        "the U-Net is given (a crop in training, a whole axial slice at inference).",
+        "units, 15 outputs; input: the 3 contrasts, each divided by its mean magnitude over the head voxels of the "
+        "whole volume (one function, `SegmentationModel.scale`: at inference over the voxels, in training over the "
+        "drawn tissue values weighted by their voxel counts in the crop's volume).",
+        _randomization_line(Randomization()),
         f"- {config.steps} AdamW steps of {config.batch} crops of {config.crop}x{config.crop} axial pixels "
         f"({config.focus:.0%} centred on a structure), U-Net lr {config.lr:g} (5 % warm-up, cosine), physics lr "
         f"{config.physics_lr:g} on the unconstrained parameters (warm-up over {config.physics_warmup:.0%} of the run), "
@@ -481,10 +521,11 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
         f"- Augmentation, applied to the synthesized images as a scanner would: Rician noise at SNR "
         f"{config.snr[0]:g}-{config.snr[1]:g} for a fully relaxed PD=1 signal (absolute, so a darker contrast is "
         f"noisier), smooth coil bias (log-sd {config.bias:g}), resolution loss {config.resolution_loss[0]:g}-"
-        f"{config.resolution_loss[1]:g}x. The raw-maps baseline gets noise (relative SNR {config.snr[0] / 5:g}-"
-        f"{config.snr[1] / 5:g}) and blur, no bias.",
-        f"- Baselines in the same run, same data order, steps and augmentation: `fixed` (the presets T1w, T2w, "
-        f"T2-FLAIR, frozen), `maps` (no physics), `random` (the LCM from a random start, seed {config.random_start_seed}).",
+        f"{config.resolution_loss[1]:g}x. The raw-maps baseline gets the randomized maps only (a coil bias cancels "
+        "out of fitted maps; their noise and blur are the randomization's).",
+        "- Baselines in the same run, same data order, steps and augmentation: "
+        + (", ".join(f"`{name}` ({_BASELINES[name].format(seed=config.random_start_seed)})" for name in results if name in _BASELINES)
+           or "none") + ".",
         f"- Trained by `syntheticmri train-seg` on {machine} ({device.type}, {threads} per variant): {minutes:.0f} min "
         "of training summed over the variants (validation included, test evaluation not).",
         "",
@@ -519,6 +560,23 @@ def write_model_card(results: Dict[str, Dict[str, Any]], data: Path, out: Path, 
     return card
 
 
+_BASELINES = {"fixed": "the presets T1w, T2w, T2-FLAIR, frozen", "maps": "no physics",
+              "random": "the LCM from a random start, seed {seed}"}
+
+
+def _randomization_line(r: Randomization) -> str:
+    span = lambda pair, unit="": f"{pair[0]:g}-{pair[1]:g}{unit}"  # noqa: E731
+    return (f"- Domain randomization of every crop's maps (`training/randomize.py`, sources there): field {' or '.join(f'{f:g} T' for f in r.fields)}"
+            f" (the tissue table's values), then T1, T2, PD of all tissues x {span(r.subject_t1)}, {span(r.subject_t2)}, "
+            f"{span(r.subject_pd)} (log-uniform; the mapping method and scanner) and of each tissue on its own x "
+            f"{span(r.tissue_t1)}, {span(r.tissue_t2)}, {span(r.tissue_pd)}; T2 <= T1, PD <= 1; axial slices "
+            f"{span(r.slice_mm, ' mm')} thick, in-plane voxels {span(r.in_plane_mm, ' mm')}, partial volume sigma "
+            f"{span(r.pv_sigma_mm, ' mm')}; a smooth multiplicative field per map (log-sd {span(r.field_sd)}, knots every "
+            f"{r.field_spacing_mm:g} mm), texture (sd {span(r.texture_sd)}), map noise (sd {span(r.noise)} of the value at "
+            f"T1 1 s, T2 100 ms, PD 1, growing as the square root of the value: CSF is noisiest); "
+            f"{r.brain_only:.0%} of draws skull-stripped.")
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -527,7 +585,7 @@ def _evaluate_once(folder: Path, digest: str, data: Path, device: torch.device, 
     ``folder/evaluation.json`` with the digest: a later run (another variant list, a resumed run) summarizes them
     again instead of reading the test data again."""
     cache = folder / "evaluation.json"
-    splits = [s for s in ("test", "external") if has_manifest(data / s)]
+    splits = evaluation_splits(data)
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved["sha256"] == digest and saved["data"] == str(data.resolve()) and sorted(saved["subjects"]) == sorted(splits):
@@ -535,9 +593,9 @@ def _evaluate_once(folder: Path, digest: str, data: Path, device: torch.device, 
             return {split: summarize(rows) for split, rows in saved["subjects"].items()}
     model = load_model(folder / "best.pt", device)
     evaluation = {}
-    for split in splits:
-        evaluation[split] = evaluate_folder(model, data / split, device)
-        log(f"{folder.name} {split}: mean Dice {evaluation[split]['mean_dice']:.3f}, "
+    for split, (folder, randomization) in splits.items():
+        evaluation[split] = evaluate_folder(model, folder, device, randomization=randomization)
+        log(f"{model.config['variant']} {split}: mean Dice {evaluation[split]['mean_dice']:.3f}, "
             f"worst structure {evaluation[split]['min_structure_dice']:.3f}, HD95 {evaluation[split]['mean_hd95']:.2f} mm")
     rows = {split: scores["subjects"] for split, scores in evaluation.items()}
     cache.write_text(json.dumps({"sha256": digest, "data": str(data.resolve()), "subjects": rows}, indent=1))
@@ -558,7 +616,8 @@ def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIA
     out.mkdir(parents=True, exist_ok=True)
     log(f"loading {data / 'train'} and {data / 'val'}")
     bank, validation = SliceBank(data / "train"), ValidationSet(data / "val")
-    log(f"{bank.subjects} training subjects ({len(bank.classes)} slices), {len(validation.items)} validation subjects; device {device}")
+    log(f"{bank.subjects} training subjects ({len(bank.with_structures)} slices with structures), "
+        f"{len(validation.items)} validation subjects; device {device}")
     results: Dict[str, Dict[str, Any]] = {}
     for name in variants:
         history = train_variant(name, config, bank, validation, out, device, resume, log)
