@@ -71,6 +71,7 @@ SLOW_OR_NEEDS_DATA = {
     "demo": "the README's main command: CI runs it",
     "phantom": "minutes of generation, or a download",
     "train-seg": "needs generated phantom splits and hours",
+    "claim-seg": "needs generated phantom splits and about 50 trainings",
     "train-maps": "needs generated phantom splits and an hour",
     "train-reparam": "needs generated phantom splits and an hour",
     "web": "serves until stopped: Testing/test_web_browser.py starts it and drives the page in Chromium",

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from SyntheticMRILib.errors import InputError
+from SyntheticMRILib.io.maps import load_maps
+from SyntheticMRILib.resources import sample_paths
 from SyntheticMRILib.models.segmenter import volume_scale
 from SyntheticMRILib.physics.protocols import preset
 from SyntheticMRILib.physics.tissues import relaxation
@@ -114,7 +116,7 @@ def test_training_and_inference_normalize_by_the_same_volume_scale(variant):
     model = build_variant(variant, TrainConfig(channels=(8, 16), num_res_units=0))
     with torch.no_grad():
         training = model.scale(values[..., 0], values[..., 1], values[..., 2], torch.from_numpy(volume_weights(numbers))[None])
-        inference = volume_scale(model, *maps)
+        inference = volume_scale(model, *maps, stride=1)
     torch.testing.assert_close(training, inference, rtol=1e-5, atol=0)
     head = maps[2] > 0
     if variant == "learned":
@@ -136,11 +138,14 @@ def test_the_volume_normalization_removes_the_intensity_scale_and_old_models_are
     t1, t2, pd = (m[0] for m in MapRandomizer().render(torch.from_numpy(numbers)[None], MapRandomizer().values(1, g), g))
     model = build_variant("fixed", TrainConfig(channels=(8, 16), num_res_units=0))
     with torch.no_grad():
-        one = model.images(t1, t2, pd, volume_scale(model, t1, t2, pd))
-        other = model.images(t1, t2, pd * 37.0, volume_scale(model, t1, t2, pd * 37.0))
+        one = model.images(t1, t2, pd, volume_scale(model, t1, t2, pd, stride=1))
+        other = model.images(t1, t2, pd * 37.0, volume_scale(model, t1, t2, pd * 37.0, stride=1))
     torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-5)
     per_channel = (one.abs() * (pd > 0)[:, None]).sum(dim=(0, 2, 3)) / (pd > 0).sum()  # the head mean is 1
     torch.testing.assert_close(per_channel, torch.ones(3), rtol=1e-4, atol=1e-5)
+    sample = load_maps(*(sample_paths()[n] for n in ("t1", "t2", "pd"))).tensors()
+    with torch.no_grad():  # inference's subsample of the head gives the same means as every voxel
+        torch.testing.assert_close(volume_scale(model, *sample), volume_scale(model, *sample, stride=1), rtol=2e-3, atol=0)
     old = dict(model.config)
     del old["normalization"]
     torch.save({"config": old, "state_dict": model.state_dict(), "extra": {}}, tmp_path / "old.pt")

@@ -28,7 +28,7 @@ from ..io.volumes import PathLike, Volume
 
 __all__ = [
     "LABELS", "CLASS_NAMES", "SegmentationModel", "load_model", "save_model", "default_model_path",
-    "check_brain_maps", "segment", "predict_classes", "volume_scale", "structure_box", "SEARCH_STRIDE", "BOX_MARGIN",
+    "check_brain_maps", "segment", "predict_classes", "volume_scale", "SCALE_STRIDE", "structure_box", "SEARCH_STRIDE", "BOX_MARGIN",
     "keep_largest_components", "label_volumes_ml", "label_dice", "structure_dice",
 ]
 
@@ -209,12 +209,15 @@ def structure_box(model: SegmentationModel, maps: Sequence[torch.Tensor], scale:
     return tuple(box)
 
 
+SCALE_STRIDE = 8  # every 8th head voxel gives the head means to 0.1 % (measured on the sample), 8x faster
+
+
 def volume_scale(model: SegmentationModel, t1: torch.Tensor, t2: torch.Tensor, pd: torch.Tensor,
-                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """:meth:`SegmentationModel.scale` of a whole volume's maps ``[k, j, i]`` (each head voxel counts once), ``[1, C]``
-    on ``device``."""
+                 device: torch.device = torch.device("cpu"), stride: int = SCALE_STRIDE) -> torch.Tensor:
+    """:meth:`SegmentationModel.scale` of a whole volume's maps ``[k, j, i]`` over every ``stride``-th head voxel (in
+    memory order; each counts once), ``[1, C]`` on ``device``."""
     head = pd > 0
-    voxels = [m[head].to(device)[None] for m in (t1, t2, pd)]
+    voxels = [m[head][::stride].to(device)[None] for m in (t1, t2, pd)]
     return model.scale(*voxels, torch.ones_like(voxels[0]))
 
 
