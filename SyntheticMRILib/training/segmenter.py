@@ -10,11 +10,14 @@ order, steps, batch and augmentation, the variants of :data:`VARIANTS`:
 * ``random``: the LCM from a random start (baseline c).
 
 ``DIR`` holds ``train``, ``val``, ``test`` (and optionally ``external``) folders written by
-``syntheticmri phantom``. Model selection uses ``val`` only; ``test`` and ``external`` are
-read once, at the end, through the same :func:`~SyntheticMRILib.models.segmenter.segment` that
-users call. Augmentation is what a scanner does to an image (Rician noise at an absolute
-level, so a contrast that loses signal loses SNR; a smooth coil bias; a lower acquired
-resolution): it is applied to the synthesized contrasts, before their normalization.
+``syntheticmri phantom``. Training reads only their labels: the maps of every crop are drawn
+anew (:mod:`.randomize`), and each contrast is divided by its head mean over the crop's whole
+volume, the normalization inference uses. Model selection uses ``val`` (randomized maps) only;
+``test``, its ``randomized`` and ``stress`` redraws and ``external`` are read once, at the end,
+through the same :func:`~SyntheticMRILib.models.segmenter.segment` that users call. Scanner
+augmentation (Rician noise at an absolute level, so a contrast that loses signal loses SNR; a
+smooth coil bias; a lower acquired resolution) is applied to the synthesized contrasts, before
+their normalization.
 """
 from __future__ import annotations
 
