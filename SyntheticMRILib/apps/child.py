@@ -44,6 +44,10 @@ def _stop_when_stdin_closes(grace: float = STOP_GRACE_S) -> None:
 
 def child_main(argv: Optional[Sequence[str]] = None) -> int:
     """``syntheticmri ARGS``, stopped when its stdin closes."""
+    # Every job a child runs needs PyTorch: import it before the first progress line, so that a Cancel never lands in
+    # its import (native code, seconds on a slow machine; the interrupt would wait and the child exit without a word).
+    import torch  # noqa: F401
+
     _stop_when_stdin_closes()
     try:
         return main(argv)
