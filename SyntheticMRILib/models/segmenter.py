@@ -28,7 +28,8 @@ from ..io.volumes import PathLike, Volume
 
 __all__ = [
     "LABELS", "CLASS_NAMES", "SegmentationModel", "load_model", "save_model", "default_model_path",
-    "check_brain_maps", "segment", "predict_classes", "volume_scale", "SCALE_STRIDE", "structure_box", "SEARCH_STRIDE", "BOX_MARGIN",
+    "check_brain_maps", "segment", "predict_classes", "volume_scale", "SCALE_STRIDE", "structure_box", "SEARCH_STRIDE",
+    "BOX_MARGIN",
     "keep_largest_components", "label_volumes_ml", "label_dice", "structure_dice",
 ]
 
@@ -231,7 +232,8 @@ def predict_classes(model: SegmentationModel, t1: np.ndarray, t2: np.ndarray, pd
     The network sees the bounding box of the head (PD > 0), and with ``search`` only the box that holds the
     structures (:func:`structure_box`; the whole head box when the search finds nothing). Each slice's contrasts
     are divided by their head means over the whole volume (:func:`volume_scale`), as in training, so a voxel's input
-    does not depend on the box. ``progress(done, total)`` is called after each batch of slices.
+    does not depend on the box. ``scanner`` adds acquisition effects to the synthesized contrasts (an experiment's
+    noisy acquisition). ``progress(done, total)`` is called after each batch of slices.
     """
     model.eval()
     out = np.zeros(t1.shape, np.uint8)
