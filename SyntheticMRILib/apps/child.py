@@ -37,7 +37,8 @@ def _stop_when_stdin_closes(grace: float = STOP_GRACE_S) -> None:
             pass
         _thread.interrupt_main()  # KeyboardInterrupt: finally blocks run, write_volume drops its temporary file
         time.sleep(grace)
-        os._exit(CANCELLED)  # still alive: stuck in native code
+        print("syntheticmri: cancelled", file=sys.stderr, flush=True)  # still alive: stuck in native code, so
+        os._exit(CANCELLED)  # exit hard, but say why as a clean stop does
 
     threading.Thread(target=watch, name="stdin-lifeline", daemon=True).start()
 
