@@ -9,6 +9,7 @@ it within :data:`STOP_GRACE_S`. Only for a parent that holds the stdin pipe open
 from __future__ import annotations
 
 import _thread
+import importlib
 import os
 import sys
 import threading
@@ -47,7 +48,7 @@ def child_main(argv: Optional[Sequence[str]] = None) -> int:
     """``syntheticmri ARGS``, stopped when its stdin closes."""
     # Every job a child runs needs PyTorch: import it before the first progress line, so that a Cancel never lands in
     # its import (native code, seconds on a slow machine; the interrupt would wait and the child exit without a word).
-    import torch  # noqa: F401
+    importlib.import_module("torch")
 
     _stop_when_stdin_closes()
     try:
