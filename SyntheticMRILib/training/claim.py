@@ -30,12 +30,12 @@ import torch
 from .augment import scanner_effects
 from .claim_report import write_claim_report
 from .config import ClaimConfig, TrainConfig
-from .segmenter import SliceBank, ValidationSet, _classes, _structure_dice, _subject_files, train_variant
-from ..errors import InputError
+from .segmenter import (SliceBank, ValidationSet, _classes, _structure_dice, _subject_files, check_splits, contrast_model,
+                        train_variant)
+from ..io.maps import load_maps
 from ..io.volumes import read_volume
 from ..models.contrast import DEFAULT_PRESETS, LearnableContrast
 from ..models.segmenter import SegmentationModel, load_model, predict_classes
-from ..phantoms.manifest import has_manifest
 from ..physics.protocols import Protocol, preset
 
 __all__ = ["Run", "candidates", "grid", "plan_runs", "subject_scores", "claim_command"]
@@ -58,9 +58,7 @@ class Run:
     def model(self, config: TrainConfig) -> SegmentationModel:
         torch.manual_seed(self.seed)
         contrast = LearnableContrast([p.sequence for p in self.protocols], self.protocols, learnable=self.learnable)
-        return SegmentationModel({"channels": list(config.channels), "num_res_units": config.num_res_units,
-                                  "variant": self.kind, "normalization": "volume", "inputs": "contrasts",
-                                  "sequences": list(contrast.sequences)}, contrast)
+        return contrast_model(self.kind, config, contrast)
 
 
 def _presets(names: Sequence[str]) -> List[Protocol]:
@@ -98,8 +96,6 @@ def _noisy(snr: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
 def subject_scores(model: SegmentationModel, folder: Path, snr: float, device: torch.device) -> List[float]:
     """Each subject's mean Dice over the 14 structures, its contrasts acquired at ``snr`` (the noise seeded by the
     subject's position, the same for every model)."""
-    from ..io.maps import load_maps
-
     scores = []
     for n, files in enumerate(_subject_files(folder)):
         maps = load_maps(files["t1"], files["t2"], files["pd"])
@@ -134,9 +130,7 @@ def claim_command(data: Path, out: Path, claim: Optional[ClaimConfig] = None, de
     """Run (or resume) the experiment and write ``claim.md``, ``claim.json`` and ``claim.png`` into ``out``."""
     claim = claim or ClaimConfig()
     data, out = Path(data), Path(out)
-    for split in ("train", "val", "test"):
-        if not has_manifest(data / split):
-            raise InputError(f"{data / split}: no phantom folder; write it with syntheticmri phantom --split {split}")
+    check_splits(data)
     out.mkdir(parents=True, exist_ok=True)
     bank, validation = SliceBank(data / "train"), ValidationSet(data / "val")
     done: List[Dict[str, Any]] = []

@@ -47,9 +47,19 @@ from ..resources import sha256
 __all__ = ["TrainConfig", "VARIANTS", "build_variant", "SliceBank", "train_variant", "evaluate_folder", "summarize",
            "train_command"]
 
+def contrast_model(name: str, config: TrainConfig, contrast: LearnableContrast) -> SegmentationModel:
+    """The recipe's U-Net over ``contrast``, recorded as variant ``name``."""
+    return SegmentationModel({**_model_config(name, config), "inputs": "contrasts", "sequences": list(contrast.sequences)},
+                             contrast)
+
+
+def _model_config(name: str, config: TrainConfig) -> Dict[str, Any]:
+    return {"channels": list(config.channels), "num_res_units": config.num_res_units, "variant": name,
+            "normalization": "volume"}
+
+
 def build_variant(name: str, config: TrainConfig) -> SegmentationModel:
-    model_config = {"channels": list(config.channels), "num_res_units": config.num_res_units, "variant": name,
-                    "normalization": "volume"}
+    model_config = _model_config(name, config)
     if name == "maps":
         return SegmentationModel({**model_config, "inputs": "maps"})
     if name in ("learned", "fixed"):
@@ -59,7 +69,7 @@ def build_variant(name: str, config: TrainConfig) -> SegmentationModel:
         contrast = LearnableContrast.random(sequences, seed=config.random_start_seed)
     else:
         raise InputError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    return SegmentationModel({**model_config, "inputs": "contrasts", "sequences": list(contrast.sequences)}, contrast)
+    return contrast_model(name, config, contrast)
 
 
 # --------------------------------------------------------------------------- data
@@ -605,14 +615,19 @@ def _evaluate_once(folder: Path, digest: str, data: Path, device: torch.device, 
     return evaluation
 
 
+def check_splits(data: Path) -> None:
+    """Refuse a data folder without its ``train``, ``val`` and ``test`` phantom folders."""
+    for split in ("train", "val", "test"):
+        if not has_manifest(data / split):
+            raise InputError(f"{data / split}: no phantom folder; write it with syntheticmri phantom --split {split} -o {data / split}")
+
+
 def train_command(data: PathLike, out: PathLike, variants: Sequence[str] = VARIANTS, config: Optional[TrainConfig] = None,
                   device: torch.device = torch.device("cpu"), resume: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train every variant on ``data/train``, select on ``data/val``, evaluate on ``data/test`` and ``data/external``."""
     config = config or TrainConfig()
     data, out = Path(data), Path(out)
-    for split in ("train", "val", "test"):
-        if not has_manifest(data / split):
-            raise InputError(f"{data / split}: no phantom folder; write it with syntheticmri phantom --split {split} -o {data / split}")
+    check_splits(data)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
